@@ -1,0 +1,46 @@
+"""The `lumina` command. Each verb lives in its own module with `add_arguments(parser)` and
+`run(args) -> int`; modules are imported only when their verb runs, so `--help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lumina_mgpt.errors import LuminaError
+
+# verb -> (module, one-line help). Nested verbs use a space ("eval shapes").
+VERBS: dict[str, tuple[str, str]] = {
+    "demo": ("lumina_mgpt.demo", "run the end-to-end demo on the embedded model"),
+    "tokenize": ("lumina_mgpt.formats.cli", "show the Uni-Rep ids of a prompt and an image size"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lumina",
+        description="Run, train and evaluate Lumina-mGPT-style unified autoregressive image models.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb, (module_name, help_text) in VERBS.items():
+        verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
+        verb_parser.set_defaults(_module=module_name)
+        _load(module_name).add_arguments(verb_parser)
+    return parser
+
+
+def _load(module_name: str):
+    return importlib.import_module(module_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(_load(args._module).run(args) or 0)
+    except LuminaError as error:
+        print(f"lumina {args.verb}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
