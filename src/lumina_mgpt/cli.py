@@ -13,6 +13,7 @@ from lumina_mgpt.errors import LuminaError
 VERBS: dict[str, tuple[str, str]] = {
     "demo": ("lumina_mgpt.demo", "run the end-to-end demo on the embedded model"),
     "tokenize": ("lumina_mgpt.formats.cli", "show the Uni-Rep ids of a prompt and an image size"),
+    "generate": ("lumina_mgpt.generation.cli", "generate images from text prompts"),
 }
 
 

@@ -1,0 +1,236 @@
+"""The generation engine: CFG, structure forcing, status-aware sampling, batching, seeds."""
+
+import numpy as np
+import pytest
+import torch
+
+from lumina_mgpt.errors import FormatError, GenerationError
+from lumina_mgpt.formats import ImageSegment, get_layout, grid_shape, parse
+from lumina_mgpt.generation.engine import Engine, GenerationSettings
+from lumina_mgpt.generation.sampling import SamplingSettings
+from lumina_mgpt.model import ModelConfig, Transformer
+
+TEXT_VOCAB = 48
+WIDTH, HEIGHT = 64, 32  # a 2 x 4 grid at 16x downsampling
+
+
+@pytest.fixture(scope="module")
+def layout():
+    return get_layout("compact", text_vocab_size=TEXT_VOCAB, codebook_size=40, downsample=16, max_indicator=8)
+
+
+def tiny_model(layout, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    config = ModelConfig.preset("tiny", vocab_size=layout.vocab_size, max_position_embeddings=256)
+    model = Transformer(config).to(dtype).eval()
+    with torch.no_grad():  # larger logits than the 0.02 init, so that sampling is far from uniform
+        model.lm_head.weight.mul_(40)
+    return model
+
+
+def prompts_of_lengths(layout, lengths, seed=1):
+    rng = np.random.default_rng(seed)
+    return [list(rng.integers(0, TEXT_VOCAB, n)) + [layout.separator_id] for n in lengths]
+
+
+def full_logits(model, ids):
+    with torch.no_grad():
+        return model(torch.as_tensor([ids]))[0, -1]
+
+
+def test_greedy_cfg_equals_formula_from_separate_forwards(layout):
+    """Every greedy code is the argmax of uncond + s*(cond - uncond) computed from two full forwards."""
+    model = tiny_model(layout)
+    engine = Engine(model, layout)
+    cfg = 3.0
+    settings = GenerationSettings(image=SamplingSettings(temperature=0.0), cfg=cfg)
+    prompts = prompts_of_lengths(layout, [5, 9])
+    grids = engine.generate_images(prompts, WIDTH, HEIGHT, settings, seeds=[0, 1], progress=False)
+    rows, cols = grid_shape(WIDTH, HEIGHT, layout)
+    code_ids = torch.as_tensor(layout.code_ids)
+    header = [layout.start_image_id, layout.size_indicator_ids[HEIGHT // 32], layout.size_indicator_ids[WIDTH // 32]]
+    for prompt, grid in zip(prompts, grids):
+        assert grid.shape == (rows, cols)
+        body = []
+        for r in range(rows):
+            for c in range(cols):
+                cond = full_logits(model, prompt + header + body)[code_ids]
+                uncond = full_logits(model, header + body)[code_ids]
+                guided = uncond + cfg * (cond - uncond)
+                assert int(guided.argmax()) == grid[r, c]
+                body.append(layout.code_ids[grid[r, c]])
+            body.append(layout.end_line_id)
+
+
+def test_guided_logits_match_formula_to_1e5(layout):
+    """The engine's first-step guided logits equal the formula from two separate forwards (1e-5)."""
+    model = tiny_model(layout)
+    engine = Engine(model, layout)
+    captured = {}
+    original = engine._choose
+
+    def spy(logits, *args):
+        captured.setdefault("logits", logits.clone())
+        return original(logits, *args)
+
+    engine._choose = spy
+    settings = GenerationSettings(image=SamplingSettings(temperature=0.0), cfg=2.5)
+    prompts = prompts_of_lengths(layout, [3, 11])
+    engine.generate_images(prompts, WIDTH, HEIGHT, settings, seeds=[0, 0], progress=False)
+    header = [layout.start_image_id, layout.size_indicator_ids[1], layout.size_indicator_ids[2]]
+    logits = captured["logits"]
+    for i, prompt in enumerate(prompts):
+        torch.testing.assert_close(logits[i], full_logits(model, prompt + header), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logits[len(prompts) + i], full_logits(model, header), rtol=1e-5, atol=1e-5)
+
+
+def test_batched_prompts_equal_one_at_a_time(layout):
+    """Different prompt lengths in one batch give the same images as alone, with the same seeds."""
+    model = tiny_model(layout, dtype=torch.float64)
+    engine = Engine(model, layout)
+    settings = GenerationSettings(image=SamplingSettings(temperature=1.0, top_k=20), cfg=4.0)
+    prompts = prompts_of_lengths(layout, [2, 7, 13])
+    seeds = [11, 22, 33]
+    together = engine.generate_images(prompts, WIDTH, HEIGHT, settings, seeds, progress=False)
+    for prompt, seed, grid in zip(prompts, seeds, together):
+        (alone,) = engine.generate_images([prompt], WIDTH, HEIGHT, settings, [seed], progress=False)
+        np.testing.assert_array_equal(alone, grid)
+
+
+def test_seeds_reproduce_and_differ(layout):
+    model = tiny_model(layout)
+    engine = Engine(model, layout)
+    settings = GenerationSettings(image=SamplingSettings(temperature=1.0, top_k=0), cfg=1.0)
+    prompts = prompts_of_lengths(layout, [4, 4])
+    a = engine.generate_images(prompts, WIDTH, HEIGHT, settings, [5, 6], progress=False)
+    b = engine.generate_images(prompts, WIDTH, HEIGHT, settings, [5, 6], progress=False)
+    np.testing.assert_array_equal(np.stack(a), np.stack(b))
+    assert not np.array_equal(a[0], a[1])  # same prompt, other seed
+
+
+@pytest.mark.parametrize("size", [(64, 32), (32, 64), (96, 96), (128, 32)])
+def test_every_image_parses_to_the_requested_grid(layout, size):
+    model = tiny_model(layout)
+    engine = Engine(model, layout)
+    width, height = size
+    settings = GenerationSettings(image=SamplingSettings(temperature=1.0), cfg=2.0)
+    prompts = prompts_of_lengths(layout, [3, 6])
+    rows_seen = []
+    grids = engine.generate_images(
+        prompts, width, height, settings, [0, 1], progress=False, on_row=lambda r, codes: rows_seen.append((r, codes))
+    )
+    rows, cols = grid_shape(width, height, layout)
+    header = [layout.start_image_id, layout.size_indicator_ids[height // 32], layout.size_indicator_ids[width // 32]]
+    for i, grid in enumerate(grids):
+        body = np.concatenate([np.append(layout.codes_to_ids(row), layout.end_line_id) for row in grid])
+        stream = np.concatenate([prompts[i], header, body, [layout.end_image_id]])
+        segments = parse(stream, layout)
+        image = segments[-1]
+        assert isinstance(image, ImageSegment) and image.complete
+        assert (image.width, image.height) == (width, height)
+        np.testing.assert_array_equal(image.codes, grid)
+    assert [r for r, _ in rows_seen] == list(range(rows))
+    np.testing.assert_array_equal(np.stack([codes for _, codes in rows_seen], axis=1), np.stack(grids))
+
+
+class BigramModel(torch.nn.Module):
+    """A stand-in language model whose next-token logits depend only on the last token."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.table = torch.nn.Parameter(table, requires_grad=False)
+        self.config = ModelConfig.preset("tiny", vocab_size=table.shape[0], max_position_embeddings=512)
+
+    def new_cache(self, batch_size, max_len, device=None, dtype=None):
+        return {"last": None}
+
+    def prefill(self, input_ids, cache, prompt_lengths):
+        return self.table[input_ids[:, -1]]
+
+    def decode(self, tokens, cache):
+        return self.table[tokens]
+
+
+def bigram_table(layout, after_prompt, after_image):
+    """Text-mode preferences: the prompt's last token leads to `after_prompt`, <end-of-image> to
+    `after_image`, every text token to the separator; inside images codes have random logits."""
+    torch.manual_seed(3)
+    vocab = layout.vocab_size
+    table = torch.randn(vocab, vocab)
+    table[:, layout.separator_id] = 5.0
+    table[layout.separator_id, after_prompt] = 50.0
+    table[layout.end_image_id, after_image] = 50.0
+    return table
+
+
+def test_settings_switch_at_image_boundaries(layout):
+    """Text uses text settings; after <start-of-image> the engine writes the header, samples codes with
+    image settings (greedy here) and forces the structure; after <end-of-image> text settings again."""
+    table = bigram_table(layout, after_prompt=layout.start_image_id, after_image=7)
+    engine = Engine(BigramModel(table), layout)
+    settings = GenerationSettings(
+        image=SamplingSettings(temperature=0.0), text=SamplingSettings(temperature=0.0), cfg=1.0
+    )
+    prompt = [3, 4, layout.separator_id]
+    (out,) = engine.generate_text([prompt], settings, [0], max_new_tokens=64, image_size=(WIDTH, HEIGHT), progress=False)
+    rows, cols = grid_shape(WIDTH, HEIGHT, layout)
+    block = 3 + rows * (cols + 1) + 1
+    assert out[0] == layout.start_image_id
+    assert list(out[1:3]) == [layout.size_indicator_ids[HEIGHT // 32], layout.size_indicator_ids[WIDTH // 32]]
+    code_ids = torch.as_tensor(layout.code_ids)
+    previous = layout.size_indicator_ids[WIDTH // 32]
+    for j, token in enumerate(out[3: block - 1]):
+        if j % (cols + 1) == cols:
+            assert token == layout.end_line_id
+        else:
+            assert token == int(code_ids[table[previous][code_ids].argmax()])  # image settings: greedy over codes
+        previous = token
+    assert out[block - 1] == layout.end_image_id
+    assert out[block] == 7  # back in text mode: the text table's choice, not a code
+    assert out[-1] == layout.separator_id and len(out) == block + 2
+
+
+def test_text_generation_stops_at_separator_and_never_emits_image_tokens(layout):
+    table = bigram_table(layout, after_prompt=9, after_image=7)
+    table[:, layout.code_ids[0]] = 100.0  # codes are forbidden in text, however likely
+    table[9, layout.separator_id] = -50.0
+    engine = Engine(BigramModel(table), layout)
+    settings = GenerationSettings(text=SamplingSettings(temperature=1.0, top_k=5), cfg=1.0)
+    prompts = [[1, 2, layout.separator_id], [5, layout.separator_id]]
+    outs = engine.generate_text(prompts, settings, [0, 1], max_new_tokens=40, image_size=(WIDTH, HEIGHT), progress=False)
+    for out in outs:
+        assert out[-1] == layout.separator_id
+        assert np.count_nonzero(out == layout.separator_id) == 1
+        assert not layout.image_code_mask()[out].any()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(cfg=-1.0), "cfg must be >= 0"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, message):
+    with pytest.raises(GenerationError, match=message):
+        GenerationSettings(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(top_k=-1), "top_k must be"), (dict(temperature=-0.5), "temperature must be >= 0"), (dict(top_p=0.0), "top_p")],
+)
+def test_bad_sampling_settings_are_refused(kwargs, message):
+    with pytest.raises(GenerationError, match=message):
+        SamplingSettings(**kwargs)
+
+
+def test_bad_requests_are_refused_before_compute(layout):
+    model = tiny_model(layout)
+    engine = Engine(model, layout)
+    settings = GenerationSettings()
+    with pytest.raises(FormatError, match="nearest valid size: 64x32"):
+        engine.generate_images([[1, layout.separator_id]], 50, 32, settings, [0], progress=False)
+    with pytest.raises(GenerationError, match="context"):
+        engine.generate_images([[1] * 250], WIDTH, HEIGHT, settings, [0], progress=False)
+    with pytest.raises(GenerationError, match="one seed per prompt"):
+        engine.generate_images([[1], [2]], WIDTH, HEIGHT, settings, [0], progress=False)
