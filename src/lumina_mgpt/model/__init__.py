@@ -1,0 +1,18 @@
+"""The Chameleon-architecture transformer: configs and presets, KV cache, checkpoint I/O."""
+
+from lumina_mgpt.model.cache import KVCache
+from lumina_mgpt.model.checkpoint import load_model, read_config, save_model
+from lumina_mgpt.model.config import PRESET_NAMES, ModelConfig
+from lumina_mgpt.model.transformer import LossOutput, Transformer, enable_activation_checkpointing
+
+__all__ = [
+    "KVCache",
+    "LossOutput",
+    "ModelConfig",
+    "PRESET_NAMES",
+    "Transformer",
+    "enable_activation_checkpointing",
+    "load_model",
+    "read_config",
+    "save_model",
+]
