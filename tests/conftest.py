@@ -1,7 +1,13 @@
 """Shared test settings: deterministic torch on the CPU, few threads (CI has 2 cores)."""
 
-import pytest
-import torch
+import os
+
+# OpenMP threads that spin while waiting make tiny ops ~100x slower on a busy 2-core machine;
+# this must be set before torch starts its thread pool.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
