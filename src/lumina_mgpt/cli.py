@@ -13,7 +13,11 @@ from lumina_mgpt.errors import LuminaError
 VERBS: dict[str, tuple[str, str]] = {
     "demo": ("lumina_mgpt.demo", "run the end-to-end demo on the embedded model"),
     "tokenize": ("lumina_mgpt.formats.cli", "show the Uni-Rep ids of a prompt and an image size"),
+    "train-vq": ("lumina_mgpt.vision.train_cli", "train a small VQ image tokenizer"),
+    "eval": ("lumina_mgpt.shapes.eval_cli", "evaluate a model (eval shapes: ShapesEval)"),
     "generate": ("lumina_mgpt.generation.cli", "generate images from text prompts"),
+    "pretokenize": ("lumina_mgpt.data.pretokenize_cli", "turn a data set into token shards for training"),
+    "train": ("lumina_mgpt.training.cli", "train or fine-tune a model from a TOML recipe"),
 }
 
 

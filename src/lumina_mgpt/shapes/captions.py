@@ -1,0 +1,171 @@
+"""Random specs for GenEval's six categories and natural captions that describe them.
+
+Each category has several phrasings; the same spec can be described in many ways, which is what
+keeps the caption space large enough to hold out an evaluation set (see prompts.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lumina_mgpt.errors import DataError
+from lumina_mgpt.shapes.spec import (
+    CATEGORIES,
+    COLORS,
+    RELATIONS,
+    SHAPES,
+    ObjectGroup,
+    Relation,
+    Spec,
+)
+
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+COUNTING_RANGE = (2, 4)
+
+SINGLE_TEMPLATES = (
+    "{a}",
+    "a picture of {a}",
+    "an image of {a}",
+    "{a} on a plain background",
+    "a single {bare}",
+    "one {bare}",
+    "there is {a}",
+    "just {a}",
+)
+COLOR_TEMPLATES = (
+    "a {shape} that is {color}",
+    "a {shape} colored {color}",
+    "{color_article} {color}-colored {shape}",
+    "a {shape} in {color}",
+    "a {shape} painted {color}",
+    "a {shape} whose color is {color}",
+    "a {shape}, {color} in color",
+    "a picture of a {shape} that is {color}",
+    "an image of a {shape} colored {color}",
+    "{color_article} {color} colored {shape} on a plain background",
+    "a {shape} filled with {color}",
+    "one {shape}, {color}",
+)
+# Shared by two_object (at most one color named) and color_attr (both colors named), so the two
+# categories never produce the same caption.
+PAIR_TEMPLATES = (
+    "{first} and {second}",
+    "a picture of {first} and {second}",
+    "an image with {first} and {second}",
+    "{first} together with {second}",
+    "{first} as well as {second}",
+    "both {first} and {second}",
+    "{first} and {second} on a plain background",
+)
+COUNTING_TEMPLATES = (
+    "{number} {plural}",
+    "exactly {number} {plural}",
+    "a picture of {number} {plural}",
+    "an image with {number} {plural}",
+    "there are {number} {plural}",
+    "{number} {plural} on a plain background",
+    "{digit} {plural}",
+)
+POSITION_TEMPLATES = (
+    "{subject} {relation} {reference}",
+    "{subject} is {relation} {reference}",
+    "{subject} placed {relation} {reference}",
+    "a picture of {subject} {relation} {reference}",
+    "an image with {subject} {relation} {reference}",
+)
+RELATION_PHRASES = {
+    "left of": ("to the left of", "left of", "on the left of"),
+    "right of": ("to the right of", "right of", "on the right of"),
+    "above": ("above", "over"),
+    "below": ("below", "beneath", "under"),
+}
+
+
+def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def noun_phrase(group: ObjectGroup, *, with_count: bool = True) -> str:
+    """'a red circle', 'an orange square', 'three triangles' ... (without count: 'red circle')."""
+    bare = group.shape if group.color is None else f"{group.color} {group.shape}"
+    if group.count == 1:
+        return f"{_article(bare)} {bare}" if with_count else bare
+    plural = f"{bare}s"
+    return f"{NUMBER_WORDS[group.count]} {plural}" if with_count else plural
+
+
+def sample_spec(rng: np.random.Generator, category: str) -> Spec:
+    """A random spec of `category` (one of CATEGORIES)."""
+    if category not in CATEGORIES:
+        raise DataError(f"unknown category {category!r}; accepted: {', '.join(CATEGORIES)}")
+    colors = list(COLORS)
+    if category in ("single_object", "colors"):
+        shape = _pick(rng, SHAPES)
+        named = category == "colors" or rng.random() < 0.5
+        return Spec(category, (ObjectGroup(shape, _pick(rng, colors) if named else None),))
+    if category == "counting":
+        count = int(rng.integers(COUNTING_RANGE[0], COUNTING_RANGE[1] + 1))
+        color = _pick(rng, colors) if rng.random() < 0.5 else None
+        return Spec(category, (ObjectGroup(_pick(rng, SHAPES), color, count, exact=True),))
+    if category in ("two_object", "color_attr"):
+        first_shape, second_shape = (str(s) for s in rng.choice(SHAPES, size=2, replace=False))
+        first_color, second_color = (str(c) for c in rng.choice(colors, size=2, replace=False))
+        if category == "two_object":
+            # GenEval's two_object names two classes; naming at most one color keeps it apart
+            # from color_attr while widening the caption space.
+            which = int(rng.integers(3))
+            first_color = first_color if which == 1 else None
+            second_color = second_color if which == 2 else None
+        groups = (ObjectGroup(first_shape, first_color), ObjectGroup(second_shape, second_color))
+        return Spec(category, groups)
+    return _sample_position_spec(rng)
+
+
+def _sample_position_spec(rng: np.random.Generator) -> Spec:
+    """Two single objects and a relation; the two groups never match the same object."""
+    colors = list(COLORS)
+    first_shape, second_shape = (str(s) for s in rng.choice(SHAPES, size=2, replace=True))
+    first_color, second_color = (str(c) for c in rng.choice(colors, size=2, replace=False))
+    if first_shape != second_shape:
+        first_color = first_color if rng.random() < 0.5 else None
+        second_color = second_color if rng.random() < 0.5 else None
+    groups = (ObjectGroup(first_shape, first_color), ObjectGroup(second_shape, second_color))
+    return Spec("position", groups, Relation(0, _pick(rng, RELATIONS), 1))
+
+
+def describe(spec: Spec, rng: np.random.Generator) -> str:
+    """A natural caption for `spec`, phrased at random among the category's templates."""
+    groups = spec.groups
+    if spec.category == "single_object":
+        bare = noun_phrase(groups[0], with_count=False)
+        return _pick(rng, SINGLE_TEMPLATES).format(a=noun_phrase(groups[0]), bare=bare)
+    if spec.category == "colors":
+        color = groups[0].color
+        if color is None:
+            raise DataError("a colors spec must name the object's color")
+        return _pick(rng, COLOR_TEMPLATES).format(
+            shape=groups[0].shape, color=color, color_article=_article(color)
+        )
+    if spec.category == "counting":
+        group = groups[0]
+        return _pick(rng, COUNTING_TEMPLATES).format(
+            number=NUMBER_WORDS[group.count],
+            digit=group.count,
+            plural=noun_phrase(group, with_count=False),
+        )
+    if spec.category in ("two_object", "color_attr"):
+        return _pick(rng, PAIR_TEMPLATES).format(
+            first=noun_phrase(groups[0]), second=noun_phrase(groups[1])
+        )
+    relation = spec.relation
+    if relation is None:
+        raise DataError("a position spec needs a relation")
+    return _pick(rng, POSITION_TEMPLATES).format(
+        subject=noun_phrase(groups[relation.subject]),
+        relation=_pick(rng, RELATION_PHRASES[relation.name]),
+        reference=noun_phrase(groups[relation.reference]),
+    )
