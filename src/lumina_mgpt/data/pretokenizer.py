@@ -28,7 +28,8 @@ from lumina_mgpt.data.manifest import read_manifest, write_manifest
 from lumina_mgpt.data.shard_encoder import PretokenizeSettings, ShardJob, Tokenizers, encode_shard
 from lumina_mgpt.data.shards import ShardSummary, read_summary, shard_file_name
 from lumina_mgpt.data.sources import ParquetColumns, RecordIndex
-from lumina_mgpt.errors import DataError
+from lumina_mgpt.errors import DataError, FormatError
+from lumina_mgpt.formats import bucket_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ def pretokenize(
         if existing["job"] != identity:
             raise DataError(f"{out_dir} already holds a data set made from other inputs or settings; use an empty folder")
         return existing
+    try:
+        bucket_sizes(settings.target_size, step=tokenizers.layout.pixels_per_indicator)
+    except FormatError as error:
+        raise DataError(f"bad target size: {error}") from error
     job = ShardJob(index, tokenizers, settings, identity, out_dir)
     shard_count = math.ceil(index.total / settings.shard_size)
     mine = list(range(rank, shard_count, world_size))

@@ -60,10 +60,8 @@ class PretokenizeSettings:
                 f"shard_size, encode_batch_size and image_threads must be >= 1, got {self.shard_size}, "
                 f"{self.encode_batch_size}, {self.image_threads}"
             )
-        try:
-            bucket_sizes(self.target_size)
-        except FormatError as error:
-            raise DataError(f"bad target size: {error}") from error
+        if self.target_size <= 0:
+            raise DataError(f"target_size must be a positive number of pixels, got {self.target_size}")
 
     def identity(self) -> dict:
         """The settings that change shard contents."""
@@ -143,7 +141,8 @@ class _ShardEncoder:
     def __init__(self, job: ShardJob):
         self.job = job
         self.settings = job.settings
-        self.sizes = bucket_sizes(job.settings.target_size)
+        # Buckets step by the layout's size-indicator step: 32 px officially, finer in small compact models.
+        self.sizes = bucket_sizes(job.settings.target_size, step=job.tokenizers.layout.pixels_per_indicator)
         self.codes: dict[tuple[int, int], np.ndarray] = {}  # (record position, image number) -> code grid
         self.pending: dict[tuple[int, int], list[tuple[tuple[int, int], Image.Image]]] = {}
 
