@@ -17,7 +17,7 @@ DEMO_PROMPTS = (
     "three yellow triangles",
     "a green square above a purple circle",
 )
-DEMO_SIZES = ((64, 64), (96, 48))
+DEMO_SIZES = ((64, 64), (80, 48))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,9 @@ from lumina_mgpt.shapes.captions import sample_spec
 from lumina_mgpt.shapes.spec import COLORS, Spec
 
 # (width, height) of the canvases the small model trains and is evaluated on.
-CANVAS_SIZES: tuple[tuple[int, int], ...] = ((64, 64), (96, 48), (48, 96))
+# The buckets of a 64 px target at the 16 px indicator step of the embedded model's layout
+# (formats.bucket_sizes(64, step=16)) that fit the world's objects: square, 5:3 and 3:5.
+CANVAS_SIZES: tuple[tuple[int, int], ...] = ((64, 64), (80, 48), (48, 80))
 SUPERSAMPLE = 4  # anti-aliasing: draw at 4x and average down
 # Geometry at the 64x64 reference scale; canvases whose short side exceeds 64 scale it up.
 SIZE_RANGE_BY_COUNT = {1: (18, 26), 2: (16, 23), 3: (16, 21), 4: (16, 19)}
