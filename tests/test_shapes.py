@@ -547,3 +547,24 @@ def test_same_object_task_reuses_the_reference_object():
 def test_unknown_dual_panel_task_is_refused():
     with pytest.raises(DataError, match="accepted"):
         sample_dual_panel(np.random.default_rng(0), "colorize")
+
+
+def test_written_dataset_is_deterministic_resumable_and_pretokenizable(tmp_path):
+    from lumina_mgpt.data import RecordIndex
+    from lumina_mgpt.shapes.dataset import write_dataset
+
+    sizes = ((48, 48), (80, 48))
+    first = write_dataset(tmp_path / "a", 12, seed=4, sizes=sizes, progress=False)
+    (tmp_path / "a" / "images" / "0000003.png").unlink()  # as if killed before this image was saved
+    again = write_dataset(tmp_path / "a", 12, seed=4, sizes=sizes, progress=False)
+    other = write_dataset(tmp_path / "b", 12, seed=4, sizes=sizes, progress=False)
+    assert first.read_text() == again.read_text() == other.read_text()
+    for name in ("0000003.png", "0000010.png"):
+        assert (tmp_path / "a" / "images" / name).read_bytes() == (tmp_path / "b" / "images" / name).read_bytes()
+    records = [json.loads(line) for line in first.read_text().splitlines()]
+    assert len(records) == 12 and all(not is_held_out(r["prompt"]) for r in records)
+    for i, record in enumerate(records):
+        with Image.open(tmp_path / "a" / record["image"]) as image:
+            assert image.size == sizes[i % 2]
+    index = RecordIndex([first])
+    assert index.total == 12 and not any(type(r).__name__ == "BadRecord" for r in index.read(0, 12))
