@@ -1,0 +1,143 @@
+"""The shape of one VQ image tokenizer, and how it maps onto diffusers' `VQModel`.
+
+A taming-style VQGAN is fully described by its per-level channel widths, residual blocks per
+level, which levels have self-attention, the latent/codebook sizes and the decoder norm
+(plain GroupNorm, or MoVQ's spatial norm conditioned on the quantized latents).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from lumina_mgpt.errors import ImageTokenizerError
+
+FAMILIES = ("chameleon", "movqgan", "vq")
+GROUPNORM_GROUPS = 32
+
+
+@dataclass(frozen=True)
+class VQConfig:
+    """Architecture of a VQ image tokenizer (all fields are needed to rebuild its weights)."""
+
+    family: str
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    latent_channels: int
+    embed_dim: int
+    codebook_size: int
+    attention_levels: tuple[int, ...] = ()
+    mid_attention: bool = True
+    spatial_norm: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
+        object.__setattr__(self, "attention_levels", tuple(sorted(int(i) for i in self.attention_levels)))
+        if self.family not in FAMILIES:
+            raise ImageTokenizerError(
+                f"unknown image tokenizer family {self.family!r}; accepted: {', '.join(FAMILIES)}"
+            )
+        if not self.block_out_channels or any(c % GROUPNORM_GROUPS for c in self.block_out_channels):
+            raise ImageTokenizerError(
+                f"block_out_channels {self.block_out_channels} are not usable: at least one level is needed and "
+                f"every width must be a multiple of {GROUPNORM_GROUPS} (GroupNorm groups)"
+            )
+        levels = len(self.block_out_channels)
+        if any(not 0 <= i < levels for i in self.attention_levels):
+            raise ImageTokenizerError(
+                f"attention_levels {self.attention_levels} must lie in 0..{levels - 1} (one per channel level)"
+            )
+        for name in ("layers_per_block", "latent_channels", "embed_dim", "codebook_size"):
+            if getattr(self, name) < 1:
+                raise ImageTokenizerError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+    @property
+    def downsample(self) -> int:
+        """Pixels per latent cell along each side (one halving between consecutive levels)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    def vqmodel_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments that build the matching diffusers `VQModel`."""
+        levels = range(len(self.block_out_channels))
+        down = tuple("AttnDownEncoderBlock2D" if i in self.attention_levels else "DownEncoderBlock2D" for i in levels)
+        # diffusers' up_blocks run from the lowest resolution (the deepest level) upwards.
+        up = tuple(
+            "AttnUpDecoderBlock2D" if i in self.attention_levels else "UpDecoderBlock2D" for i in reversed(levels)
+        )
+        return dict(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=down,
+            up_block_types=up,
+            block_out_channels=self.block_out_channels,
+            layers_per_block=self.layers_per_block,
+            latent_channels=self.latent_channels,
+            num_vq_embeddings=self.codebook_size,
+            vq_embed_dim=self.embed_dim,
+            norm_num_groups=GROUPNORM_GROUPS,
+            norm_type="spatial" if self.spatial_norm else "group",
+            mid_block_add_attention=self.mid_attention,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        data = dataclasses.asdict(self)
+        data["block_out_channels"] = list(self.block_out_channels)
+        data["attention_levels"] = list(self.attention_levels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VQConfig":
+        """Inverse of `to_dict`; unknown or missing keys are errors."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ImageTokenizerError(f"unknown image tokenizer config keys {unknown}; accepted: {sorted(known)}")
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise ImageTokenizerError(f"incomplete image tokenizer config: {error}; needed: {sorted(known)}") from error
+
+
+CHAMELEON = VQConfig(
+    family="chameleon",
+    block_out_channels=(128, 128, 256, 256, 512),
+    layers_per_block=2,
+    latent_channels=256,
+    embed_dim=256,
+    codebook_size=8192,
+)
+
+MOVQGAN_270M = VQConfig(
+    family="movqgan",
+    block_out_channels=(256, 512, 512, 1024),
+    layers_per_block=2,
+    latent_channels=4,
+    embed_dim=4,
+    codebook_size=16384,
+    attention_levels=(3,),
+    spatial_norm=True,
+)
+
+# The trainable tokenizer of the embedded model: 64x64 px -> 8x8 codes. Sized to train on two
+# CPU cores in minutes: narrow levels, one residual block each, plain GroupNorm (MoVQ's spatial
+# norm doubled the step time on CPU) and no mid-block attention.
+SMALL = VQConfig(
+    family="vq",
+    block_out_channels=(32, 32, 64, 64),
+    layers_per_block=1,
+    latent_channels=8,
+    embed_dim=8,
+    codebook_size=1024,
+    mid_attention=False,
+)
+
+PRESETS: dict[str, VQConfig] = {"chameleon": CHAMELEON, "movqgan-270m": MOVQGAN_270M, "small": SMALL}
+
+
+def preset(name: str) -> VQConfig:
+    """A named architecture (`chameleon`, `movqgan-270m`, `small`)."""
+    if name not in PRESETS:
+        raise ImageTokenizerError(f"unknown image tokenizer preset {name!r}; accepted: {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,58 @@
+"""Training images for the small VQ: a folder of image files, or scikit-image's bundled photos."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lumina_mgpt.errors import ImageTokenizerError
+from lumina_mgpt.formats.images import open_image
+
+# Photos bundled with scikit-image (no download). Chelsea and coffee are held out for evaluation.
+SKIMAGE_TRAIN_PHOTOS = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "camera", "coins")
+SKIMAGE_HELDOUT_PHOTOS = ("chelsea", "coffee")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def skimage_photos(names: tuple[str, ...]) -> list[Image.Image]:
+    """RGB PIL images of scikit-image's bundled photos `names`."""
+    import skimage.data
+
+    photos = []
+    for name in names:
+        loader = getattr(skimage.data, name, None)
+        if loader is None:
+            raise ImageTokenizerError(f"scikit-image has no bundled photo {name!r}")
+        photos.append(open_image(Image.fromarray(np.asarray(loader()))))
+    return photos
+
+
+def folder_images(folder: str | os.PathLike) -> list[Image.Image]:
+    """Every image file under `folder` (sorted, recursive) as RGB PIL images."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ImageTokenizerError(f"no image files under {folder}; accepted suffixes: {', '.join(IMAGE_SUFFIXES)}")
+    return [open_image(path) for path in files]
+
+
+def random_crops(images: list[Image.Image], count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` square crops (N, 3, size, size) in [-1, 1], at random scales from `size` px up to the
+    whole short side, resized to `size` px: small crops keep texture, large ones whole scenes."""
+    too_small = [image.size for image in images if min(image.size) < size]
+    if too_small:
+        raise ImageTokenizerError(f"images {too_small} are smaller than the {size}px crop size")
+    crops = np.empty((count, size, size, 3), dtype=np.uint8)
+    for index in range(count):
+        image = images[int(torch.randint(len(images), (1,), generator=generator))]
+        short = min(image.size)
+        # log-uniform side length, so every scale octave gets the same share of crops
+        side = int(round(size * (short / size) ** torch.rand(1, generator=generator).item()))
+        left = int(torch.randint(image.width - side + 1, (1,), generator=generator))
+        top = int(torch.randint(image.height - side + 1, (1,), generator=generator))
+        crop = image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+        crops[index] = np.asarray(crop)
+    return torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1.0

@@ -1,0 +1,164 @@
+"""Training a small VQ image tokenizer: reconstruction + codebook/commitment losses, dead-code
+re-initialization, and checkpoints that resume bit-exactly (weights, optimizer, RNG, usage)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lumina_mgpt.errors import ImageTokenizerError
+from lumina_mgpt.vision import checkpoints
+from lumina_mgpt.vision.quantize import quantize_with_losses
+from lumina_mgpt.vision.tokenizer import ImageTokenizer
+
+TRAINER_STATE_FILE = "trainer_state.pt"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimization settings; saved with every checkpoint and reused on resume."""
+
+    steps: int = 1500
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    warmup_steps: int = 50
+    commitment_weight: float = 0.25
+    # Codes unused for this many steps are moved onto random encoder outputs of the current batch.
+    dead_code_window: int = 25
+    save_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "learning_rate", "dead_code_window", "save_every"):
+            if getattr(self, name) <= 0:
+                raise ImageTokenizerError(f"training setting {name} must be positive, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ImageTokenizerError(f"training setting warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+class VQTrainer:
+    """Trains `tokenizer` on a fixed tensor of images (N, 3, S, S) in [-1, 1]; checkpoints to `output`."""
+
+    def __init__(self, tokenizer: ImageTokenizer, images: torch.Tensor, settings: TrainSettings, output: Path):
+        self.tokenizer = tokenizer.train()
+        self.images = images
+        self.settings = settings
+        self.output = Path(output)
+        self.step = 0
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.steps_since_used = torch.zeros(tokenizer.codebook_size, dtype=torch.long)
+        self.history: list[dict[str, float]] = []
+        self.optimizer = torch.optim.Adam(tokenizer.parameters(), lr=settings.learning_rate, betas=(0.5, 0.9))
+
+    @classmethod
+    def resume(cls, output: Path, images: torch.Tensor, steps: int | None = None) -> "VQTrainer":
+        """Continue the run saved in `output`; `steps` may extend its total length."""
+        state_file = Path(output) / TRAINER_STATE_FILE
+        if not state_file.is_file():
+            raise ImageTokenizerError(f"no {TRAINER_STATE_FILE} in {output}: nothing to resume")
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        settings = TrainSettings(**state["settings"])
+        if steps is not None:
+            settings = dataclasses.replace(settings, steps=steps)
+        trainer = cls(ImageTokenizer.from_pretrained(output), images, settings, output)
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.generator.set_state(state["generator"])
+        trainer.steps_since_used = state["steps_since_used"]
+        trainer.step = state["step"]
+        trainer.history = state["history"]
+        return trainer
+
+    def learning_rate(self, step: int) -> float:
+        """Linear warmup, then cosine decay to a tenth of the peak at the last step."""
+        peak = self.settings.learning_rate
+        if step < self.settings.warmup_steps:
+            return peak * (step + 1) / self.settings.warmup_steps
+        progress = (step - self.settings.warmup_steps) / max(1, self.settings.steps - self.settings.warmup_steps)
+        return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step on a random batch (with random horizontal flips)."""
+        indices = torch.randint(self.images.shape[0], (self.settings.batch_size,), generator=self.generator)
+        batch = self.images[indices]
+        flips = torch.rand(self.settings.batch_size, generator=self.generator) < 0.5
+        batch = torch.where(flips[:, None, None, None], batch.flip(-1), batch)
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.step)
+        latents = self.tokenizer.encode_latents(batch)
+        quantized, codes, vq_loss = quantize_with_losses(
+            latents, self.tokenizer.codebook, self.settings.commitment_weight
+        )
+        reconstruction = self.tokenizer.decode_latents(quantized)
+        reconstruction_loss = F.mse_loss(reconstruction, batch) + F.l1_loss(reconstruction, batch)
+        loss = reconstruction_loss + vq_loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+        used = torch.bincount(codes.flatten(), minlength=self.tokenizer.codebook_size) > 0
+        self.steps_since_used = torch.where(used, 0, self.steps_since_used + 1)
+        revived = self._revive_dead_codes(latents.detach())
+        self.step += 1
+        record = {
+            "step": self.step,
+            "loss": loss.item(),
+            "reconstruction": reconstruction_loss.item(),
+            "vq": vq_loss.item(),
+            "codes_in_batch": int(used.sum()),
+            "revived": revived,
+        }
+        self.history.append(record)
+        return record
+
+    def run(self, progress: bool = True) -> list[dict[str, float]]:
+        """Train up to `settings.steps`, saving every `save_every` steps and at the end."""
+        bar = tqdm(total=self.settings.steps, initial=self.step, disable=not progress, desc="train-vq")
+        while self.step < self.settings.steps:
+            record = self.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", codes=record["codes_in_batch"])
+            if self.step % self.settings.save_every == 0 or self.step == self.settings.steps:
+                self.save()
+        bar.close()
+        return self.history
+
+    def save(self) -> None:
+        """Write the tokenizer folder plus trainer_state.pt (optimizer, RNG, usage, history)."""
+        self.tokenizer.save_pretrained(self.output)
+        state = {
+            "settings": dataclasses.asdict(self.settings),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "steps_since_used": self.steps_since_used,
+            "step": self.step,
+            "history": self.history,
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        payload = buffer.getvalue()
+        checkpoints.atomic_write(self.output / TRAINER_STATE_FILE, lambda temp: Path(temp).write_bytes(payload))
+
+    def _revive_dead_codes(self, latents: torch.Tensor) -> int:
+        dead = torch.nonzero(self.steps_since_used >= self.settings.dead_code_window).flatten()
+        if dead.numel() == 0:
+            return 0
+        vectors = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+        picks = torch.randint(vectors.shape[0], (dead.numel(),), generator=self.generator)
+        codebook = self.tokenizer.codebook
+        with torch.no_grad():
+            codebook[dead] = vectors[picks].to(codebook.dtype)
+        # Stale Adam moments would immediately drag the revived rows away again.
+        moments = self.optimizer.state.get(codebook, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in moments:
+                moments[key][dead] = 0
+        self.steps_since_used[dead] = 0
+        return int(dead.numel())

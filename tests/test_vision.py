@@ -1,0 +1,385 @@
+"""Image tokenizers: official checkpoint conversion, the tokenizer interface, pixels, training."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lumina_mgpt.errors import ImageTokenizerError, LuminaError
+from lumina_mgpt.vision import ImageTokenizer, images_to_tensor, tensor_to_images
+from lumina_mgpt.vision.config import CHAMELEON, MOVQGAN_270M, VQConfig
+from lumina_mgpt.vision.metrics import psnr, ssim
+from lumina_mgpt.vision.quantize import lookup, nearest_codes
+from lumina_mgpt.vision.train import TRAINER_STATE_FILE, TrainSettings, VQTrainer
+from vision_fixtures import (
+    chameleon_yaml,
+    official_shapes,
+    official_state_dict,
+    reference_decode,
+    reference_encode,
+)
+
+# GroupNorm(32) needs widths that stay multiples of 32: Chameleon's 128 allows /4, MoVQGAN's 256 allows /8.
+DIVISORS = {"chameleon": 4, "movqgan": 8}
+TINY = VQConfig(
+    family="vq", block_out_channels=(32, 32), layers_per_block=1, latent_channels=4, embed_dim=4,
+    codebook_size=64, mid_attention=False,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These small convolutions gain nothing from a second intra-op thread, and on a busy machine
+    OpenMP's spin-waiting made each training step ~15x slower with two threads than with one."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def official_files(tmp_path_factory):
+    """Reduced-width official checkpoints: Chameleon wrapped in "state_dict" with its yaml, MoVQGAN bare."""
+    folder = tmp_path_factory.mktemp("official")
+    files = {}
+    for family in ("chameleon", "movqgan"):
+        state_dict = official_state_dict(family, DIVISORS[family])
+        subfolder = folder / family
+        subfolder.mkdir()
+        if family == "chameleon":
+            path = subfolder / "vqgan.ckpt"
+            torch.save({"state_dict": state_dict, "global_step": 7}, path)
+            (subfolder / "vqgan.yaml").write_text(chameleon_yaml(state_dict))
+        else:
+            path = subfolder / "movqgan_270M.ckpt"
+            torch.save(state_dict, path)
+        files[family] = (path, state_dict)
+    return files
+
+
+@pytest.fixture(scope="module")
+def tokenizers(official_files):
+    return {family: ImageTokenizer.from_pretrained(path) for family, (path, _) in official_files.items()}
+
+
+def _random_pixels(batch, height, width, seed=0):
+    return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+# ---- official checkpoints ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["chameleon", "movqgan"])
+def test_conversion_reproduces_the_taming_graph(family, official_files, tokenizers):
+    _, state_dict = official_files[family]
+    tokenizer = tokenizers[family]
+    pixels = _random_pixels(2, 64, 32)
+    with torch.no_grad():
+        latents = tokenizer.encode_latents(pixels)
+        torch.testing.assert_close(latents, reference_encode(state_dict, pixels), atol=1e-4, rtol=1e-4)
+        quantized = lookup(nearest_codes(latents, tokenizer.codebook), tokenizer.codebook)
+        decoded = tokenizer.decode_latents(quantized)
+        torch.testing.assert_close(decoded, reference_decode(state_dict, quantized), atol=1e-4, rtol=1e-4)
+
+
+def _round_trip(tokenizer, width, height):
+    codes = tokenizer.encode(_random_pixels(1, height, width))
+    assert codes.shape == (1, height // tokenizer.downsample, width // tokenizer.downsample)
+    assert codes.dtype == torch.long and 0 <= codes.min() and codes.max() < tokenizer.codebook_size
+    decoded = tokenizer.decode(codes)
+    assert decoded.shape == (1, 3, height, width) and torch.isfinite(decoded).all()
+    assert decoded.abs().max() <= 1 and decoded.std() > 0
+    assert [image.size for image in tensor_to_images(decoded)] == [(width, height)]
+
+
+@pytest.mark.parametrize(("family", "downsample", "grid"), [("chameleon", 16, (16, 32)), ("movqgan", 8, (32, 64))])
+def test_official_tokenizers_round_trip_the_512x256_bucket(family, downsample, grid, tokenizers):
+    tokenizer = tokenizers[family]
+    assert (tokenizer.family, tokenizer.downsample) == (family, downsample)
+    assert (256 // downsample, 512 // downsample) == grid
+    _round_trip(tokenizer, width=512, height=256)
+
+
+def test_derived_configs_match_the_official_architectures():
+    from lumina_mgpt.vision.convert import infer_config
+
+    for family, preset in (("chameleon", CHAMELEON), ("movqgan", MOVQGAN_270M)):
+        shapes = official_shapes(family)
+        meta = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
+        assert infer_config(meta) == preset
+        with torch.device("meta"):  # count parameters without allocating weights
+            expected = ImageTokenizer(preset)
+        assert sum(p.numel() for p in expected.parameters()) == sum(t.numel() for t in meta.values())
+    assert CHAMELEON.downsample == 16 and MOVQGAN_270M.downsample == 8
+
+
+def test_bare_and_wrapped_checkpoints_load_the_same(official_files, tokenizers, tmp_path):
+    _, state_dict = official_files["chameleon"]
+    bare = tmp_path / "bare.ckpt"
+    torch.save(state_dict, bare)
+    tokenizer = ImageTokenizer.from_pretrained(bare, family="chameleon")
+    pixels = _random_pixels(2, 32, 48)
+    torch.testing.assert_close(tokenizer.encode(pixels), tokenizers["chameleon"].encode(pixels), rtol=0, atol=0)
+
+
+def test_training_only_loss_weights_are_ignored_but_unknown_tensors_refused(official_files, tmp_path):
+    _, state_dict = official_files["chameleon"]
+    with_loss = {**state_dict, "loss.discriminator.main.0.weight": torch.zeros(4, 3, 4, 4)}
+    torch.save({"state_dict": with_loss}, tmp_path / "with_loss.ckpt")
+    assert ImageTokenizer.from_pretrained(tmp_path / "with_loss.ckpt").family == "chameleon"
+
+    torch.save({**state_dict, "encoder.extra.weight": torch.zeros(2)}, tmp_path / "extra.ckpt")
+    with pytest.raises(ImageTokenizerError, match=r"no place in a VQGAN: encoder\.extra\.weight"):
+        ImageTokenizer.from_pretrained(tmp_path / "extra.ckpt")
+
+
+def test_missing_and_misshapen_tensors_are_listed(official_files, tmp_path):
+    _, state_dict = official_files["movqgan"]
+    missing = {k: v for k, v in state_dict.items() if k != "decoder.up.3.attn.1.proj_out.bias"}
+    torch.save(missing, tmp_path / "missing.ckpt")
+    with pytest.raises(ImageTokenizerError, match=r"1 missing: decoder\.up_blocks\.0\.attentions\.1\.to_out\.0\.bias"):
+        ImageTokenizer.from_pretrained(tmp_path / "missing.ckpt")
+
+    misshapen = {**state_dict, "decoder.conv_out.weight": torch.zeros(3, 16, 3, 3)}
+    torch.save(misshapen, tmp_path / "misshapen.ckpt")
+    with pytest.raises(ImageTokenizerError, match=r"wrong shape: decoder\.conv_out\.weight"):
+        ImageTokenizer.from_pretrained(tmp_path / "misshapen.ckpt")
+
+
+def test_wrong_family_and_foreign_files_are_refused(official_files, tmp_path):
+    movqgan_path, movqgan_state = official_files["movqgan"]
+    with pytest.raises(ImageTokenizerError, match="holds a 'movqgan' image tokenizer, not the 'chameleon'"):
+        ImageTokenizer.from_pretrained(movqgan_path, family="chameleon")
+
+    # A MoVQGAN file renamed to vqgan.ckpt beside a Chameleon yaml: the yaml disagrees with the tensors.
+    _, chameleon_state = official_files["chameleon"]
+    (tmp_path / "vqgan.yaml").write_text(chameleon_yaml(chameleon_state))
+    torch.save(movqgan_state, tmp_path / "vqgan.ckpt")
+    with pytest.raises(ImageTokenizerError, match="vqgan.yaml does not describe this checkpoint"):
+        ImageTokenizer.from_pretrained(tmp_path / "vqgan.ckpt")
+
+    torch.save({"layer.weight": torch.zeros(3, 3)}, tmp_path / "random.ckpt")
+    with pytest.raises(ImageTokenizerError, match="not a taming-style VQGAN state dict"):
+        ImageTokenizer.from_pretrained(tmp_path / "random.ckpt")
+
+    # Any non-tensor global (here a date) would need unpickling code: weights_only refuses it.
+    payload = {"state_dict": {"created": datetime.date(2024, 8, 1)}}
+    (tmp_path / "pickled.ckpt").write_bytes(pickle.dumps(payload, protocol=2))
+    with pytest.raises(ImageTokenizerError, match="weights_only"):
+        ImageTokenizer.from_pretrained(tmp_path / "pickled.ckpt")
+
+    with pytest.raises(ImageTokenizerError, match="does not exist"):
+        ImageTokenizer.from_pretrained(tmp_path / "absent.ckpt")
+
+
+def test_a_folder_holding_one_official_file_loads_it(official_files):
+    path, _ = official_files["movqgan"]
+    assert ImageTokenizer.from_pretrained(path.parent).family == "movqgan"
+
+
+def test_quantizer_matches_diffusers_index_order():
+    from diffusers.models.autoencoders.vae import VectorQuantizer
+
+    quantizer = VectorQuantizer(512, 8, beta=0.25, legacy=True, sane_index_shape=True)
+    latents = torch.randn(3, 8, 5, 7)
+    _, _, (_, _, indices) = quantizer(latents)
+    codes = nearest_codes(latents, quantizer.embedding.weight)
+    assert codes.shape == (3, 5, 7)
+    torch.testing.assert_close(codes, indices, rtol=0, atol=0)
+
+
+# ---- save / load ------------------------------------------------------------------------------
+
+
+def test_save_pretrained_round_trip(tokenizers, tmp_path):
+    tokenizer = tokenizers["movqgan"]
+    tokenizer.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = ImageTokenizer.from_pretrained(tmp_path / "saved")
+    assert loaded.config == tokenizer.config
+    codes = torch.randint(0, tokenizer.codebook_size, (2, 4, 6))
+    torch.testing.assert_close(loaded.decode(codes), tokenizer.decode(codes), rtol=0, atol=0)
+    assert [image.size for image in loaded.decode_to_pil(codes)] == [(48, 32), (48, 32)]
+
+
+def test_folder_with_unknown_config_keys_is_refused(tmp_path):
+    ImageTokenizer(TINY).save_pretrained(tmp_path)
+    config = (tmp_path / "config.json").read_text().replace('"family"', '"colour": 1, "family"')
+    (tmp_path / "config.json").write_text(config)
+    with pytest.raises(ImageTokenizerError, match="unknown image tokenizer config keys"):
+        ImageTokenizer.from_pretrained(tmp_path)
+
+
+# ---- the interface on bad input ---------------------------------------------------------------
+
+
+def test_encode_refuses_bad_pixels_and_decode_bad_codes():
+    tokenizer = ImageTokenizer(TINY).eval()
+    with pytest.raises(ImageTokenizerError, match="multiple of 2"):
+        tokenizer.encode(_random_pixels(1, 9, 8))
+    with pytest.raises(ImageTokenizerError, match=r"accepted: values in \[-1, 1\]"):
+        tokenizer.encode(torch.full((1, 3, 8, 8), 255.0))
+    with pytest.raises(ImageTokenizerError, match=r"\(B, 3, H, W\)"):
+        tokenizer.encode(torch.zeros(3, 8, 8))
+    with pytest.raises(ImageTokenizerError, match="0 .. 63"):
+        tokenizer.decode(torch.full((1, 2, 2), 64))
+    with pytest.raises(ImageTokenizerError, match="integer codes"):
+        tokenizer.decode(torch.zeros(1, 2, 2))
+    with pytest.raises(ImageTokenizerError, match="one size"):
+        tokenizer.encode([Image.new("RGB", (8, 8)), Image.new("RGB", (16, 8))])
+
+
+def test_encode_accepts_pil_lists_like_tensors():
+    tokenizer = ImageTokenizer(TINY).eval()
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)) for _ in range(3)]
+    codes = tokenizer.encode(images)
+    assert codes.shape == (3, 8, 12)
+    torch.testing.assert_close(codes, tokenizer.encode(images_to_tensor(images)), rtol=0, atol=0)
+
+
+# ---- pixels -----------------------------------------------------------------------------------
+
+
+def test_pixels_scale_exactly_and_round_on_the_way_back():
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    image = Image.fromarray(np.stack([values, values[::-1], values.T], axis=-1))
+    pixels = images_to_tensor([image])
+    assert pixels.min() == -1 and pixels.max() == 1
+    assert np.array_equal(np.asarray(tensor_to_images(pixels)[0]), np.asarray(image))
+    # 0.999 * 127.5 rounds to 255 (truncation would give 254); out-of-range values are clamped.
+    nearly_white = torch.tensor([0.999, 1.7, -3.0, 0.0]).view(1, 1, 2, 2).expand(1, 3, 2, 2)
+    assert np.asarray(tensor_to_images(nearly_white)[0])[..., 0].tolist() == [[255, 255], [0, 128]]
+
+
+def test_pixel_conversion_of_other_modes():
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert images_to_tensor([rgba]).eq(1).all()  # fully transparent -> white
+    half = Image.new("RGBA", (4, 4), (0, 0, 0, 128))
+    assert images_to_tensor([half])[0, :, 0, 0].tolist() == pytest.approx([127 / 127.5 - 1] * 3)
+    gray = Image.new("L", (4, 4), 51)
+    assert images_to_tensor([gray])[0, :, 0, 0].tolist() == pytest.approx([51 / 127.5 - 1] * 3)
+    palette = Image.new("P", (4, 4), 1)
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    assert images_to_tensor([palette])[0, :, 0, 0].tolist() == pytest.approx([1, -1, -1])
+    sixteen = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
+    assert images_to_tensor([sixteen]).eq(1).all()  # full-scale 16-bit is white, not clipped garbage
+
+
+def test_broken_and_huge_files_are_refused_before_tokenizing():
+    from lumina_mgpt.formats.images import open_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(buffer, format="PNG")
+    with pytest.raises(LuminaError):
+        open_image(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    huge = io.BytesIO()
+    Image.new("1", (20_000, 20_000)).save(huge, format="PNG")
+    with pytest.raises(LuminaError, match="pixels"):
+        open_image(huge.getvalue())
+    with pytest.raises(ImageTokenizerError, match="resize it"):
+        ImageTokenizer(TINY).encode(torch.zeros(1, 3, 1, 1).expand(1, 3, 4098, 4098))
+
+
+# ---- metrics ----------------------------------------------------------------------------------
+
+
+def test_psnr_and_ssim_agree_with_scikit_image():
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    reference = _random_pixels(1, 32, 40, seed=1)
+    noisy = (reference + 0.2 * torch.randn(reference.shape, generator=torch.Generator().manual_seed(2))).clamp(-1, 1)
+    a = ((reference[0] + 1) / 2).permute(1, 2, 0).double().numpy()
+    b = ((noisy[0] + 1) / 2).permute(1, 2, 0).double().numpy()
+    assert psnr(reference, noisy).item() == pytest.approx(peak_signal_noise_ratio(a, b, data_range=1), abs=1e-3)
+    expected = structural_similarity(
+        a, b, data_range=1, channel_axis=2, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
+    assert ssim(reference, noisy).item() == pytest.approx(expected, abs=1e-4)
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+
+def _training_images():
+    from lumina_mgpt.vision.data import random_crops, skimage_photos
+
+    return random_crops(skimage_photos(("astronaut",)), 32, 16, torch.Generator().manual_seed(0))
+
+
+def test_training_lowers_the_loss_and_resumes_exactly(tmp_path):
+    images = _training_images()
+    settings = TrainSettings(
+        steps=30, batch_size=8, learning_rate=3e-3, warmup_steps=2, dead_code_window=3, save_every=15
+    )
+
+    torch.manual_seed(0)
+    full = VQTrainer(ImageTokenizer(TINY), images, settings, tmp_path / "full").run(progress=False)
+    first, last = np.mean([r["loss"] for r in full[:5]]), np.mean([r["loss"] for r in full[-5:]])
+    assert last < 0.7 * first
+    assert sum(r["revived"] for r in full) > 0  # dead-code re-initialization happened
+
+    torch.manual_seed(0)
+    interrupted = VQTrainer(ImageTokenizer(TINY), images, settings, tmp_path / "part")
+    for _ in range(20):  # stopped after a step that is not a save point: the step-15 checkpoint survives
+        interrupted.train_step()
+        if interrupted.step % settings.save_every == 0:
+            interrupted.save()
+    assert (tmp_path / "part" / TRAINER_STATE_FILE).is_file()
+    resumed = VQTrainer.resume(tmp_path / "part", images).run(progress=False)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+
+
+def test_train_cli_trains_and_reports(tmp_path, capsys):
+    import argparse
+
+    from lumina_mgpt.vision import train_cli
+
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    args = parser.parse_args(
+        ["--skimage-photos", "--output", str(tmp_path / "vq"), "--steps", "2", "--crops", "16", "--crop-size", "16",
+         "--eval-size", "16", "--batch-size", "4", "--codebook-size", "64", "--no-progress"]
+    )  # fmt: skip
+    assert train_cli.run(args) == 0
+    assert "held-out 64 crops of 16px: PSNR" in capsys.readouterr().out
+    assert ImageTokenizer.from_pretrained(tmp_path / "vq").codebook_size == 64
+    state = torch.load(tmp_path / "vq" / TRAINER_STATE_FILE, weights_only=True)
+    assert state["settings"]["batch_size"] == 4 and state["step"] == 2
+
+    # Fine-tuning from an existing tokenizer keeps its architecture (e.g. for a new image domain).
+    finetune = parser.parse_args(
+        ["--skimage-photos", "--init", str(tmp_path / "vq"), "--output", str(tmp_path / "ft"), "--steps", "1",
+         "--crops", "8", "--crop-size", "16", "--eval-size", "16", "--batch-size", "2", "--no-progress"]
+    )  # fmt: skip
+    assert train_cli.run(finetune) == 0
+    original = ImageTokenizer.from_pretrained(tmp_path / "vq")
+    assert ImageTokenizer.from_pretrained(tmp_path / "ft").config == original.config
+
+
+# ---- full size --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["chameleon", "movqgan"])
+def test_full_size_random_checkpoints_load(family, tmp_path):
+    state_dict = official_state_dict(family)
+    path = tmp_path / f"{family}.ckpt"
+    torch.save({"state_dict": state_dict} if family == "chameleon" else state_dict, path)
+    if family == "chameleon":
+        (tmp_path / "vqgan.yaml").write_text(chameleon_yaml(state_dict))
+    tokenizer = ImageTokenizer.from_pretrained(path, family=family)
+    assert tokenizer.config == (CHAMELEON if family == "chameleon" else MOVQGAN_270M)
+    pixels = _random_pixels(1, 64, 128)
+    with torch.no_grad():
+        latents = tokenizer.encode_latents(pixels)
+        torch.testing.assert_close(latents, reference_encode(state_dict, pixels), atol=1e-3, rtol=1e-3)
+    codes = tokenizer.encode(pixels)
+    assert codes.shape == (1, 64 // tokenizer.downsample, 128 // tokenizer.downsample)
+    assert torch.isfinite(tokenizer.decode(codes)).all()
