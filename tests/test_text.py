@@ -8,7 +8,7 @@ import sys
 import unicodedata
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
@@ -153,6 +153,8 @@ def test_qwen_matches_tiktoken_and_round_trips(qwen, reference, qwen_ranks, sour
 @settings(max_examples=200, derandomize=True, deadline=None)
 @given(text=st.text(max_size=64))
 def test_qwen_matches_tiktoken_on_any_text(qwen, reference, text):
+    # The v2 special tokens are ours, not the package's: text that spells one is tested elsewhere.
+    assume(not any(token in unicodedata.normalize("NFC", text) for token in V2_SPECIALS))
     assert qwen.encode(text) == reference.encode(text)
 
 

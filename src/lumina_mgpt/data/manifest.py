@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from lumina_mgpt.atomic import write_text_atomically
 from lumina_mgpt.errors import DataError
 
 MANIFEST_FILE = "manifest.json"
@@ -16,17 +16,7 @@ _REQUIRED_KEYS = ("job", "fingerprint", "layout", "settings", "sources", "counts
 
 def write_manifest(folder: Path, manifest: dict) -> Path:
     """Write `manifest` (tagged with the format) to folder/manifest.json atomically."""
-    target = folder / MANIFEST_FILE
-    text = json.dumps({"format": FORMAT_TAG, **manifest}, indent=1) + "\n"
-    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{MANIFEST_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_text_atomically(folder / MANIFEST_FILE, json.dumps({"format": FORMAT_TAG, **manifest}, indent=1) + "\n")
 
 
 def read_manifest(folder: str | os.PathLike, required: bool = True) -> dict | None:

@@ -9,8 +9,6 @@ written atomically, and a restarted job can trust it without reading its rows.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lumina_mgpt.atomic import write_atomically
 from lumina_mgpt.errors import DataError
 
 SUMMARY_KEY = b"lumina_mgpt.shard"
@@ -82,16 +81,7 @@ def write_shard(folder: Path, samples: Sequence[EncodedSample], summary: ShardSu
         },
         schema=SCHEMA.with_metadata({SUMMARY_KEY: json.dumps(summary.to_dict()).encode()}),
     )
-    target = folder / summary.file
-    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        pq.write_table(table, temp)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_atomically(folder / summary.file, lambda temp: pq.write_table(table, temp))
 
 
 def read_summary(path: Path) -> ShardSummary:

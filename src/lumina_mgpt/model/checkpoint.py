@@ -11,12 +11,12 @@ import json
 import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from lumina_mgpt.atomic import write_atomically, write_text_atomically
 from lumina_mgpt.errors import CheckpointError
 from lumina_mgpt.model.config import ModelConfig
 from lumina_mgpt.model.transformer import Transformer
@@ -161,20 +161,6 @@ def load_model(
     return model.eval()
 
 
-def _replace_atomically(data_writer, target: Path) -> None:
-    """Write via `data_writer(temp_path)` next to `target`, then rename over it."""
-    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        data_writer(temp)
-        os.chmod(temp, 0o644)  # mkstemp creates 0600; weights are ordinary readable files
-        os.replace(temp, target)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-
-
 def save_model(model: Transformer, path: str | os.PathLike, max_shard_bytes: int = 5 * 1024**3) -> None:
     """Write config.json and safetensors shards (+ index) in the HF Chameleon folder format.
 
@@ -203,7 +189,7 @@ def save_model(model: Transformer, path: str | os.PathLike, max_shard_bytes: int
         names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for name, keys in zip(names, shards):
         tensors = {key: state[key].detach().to("cpu").contiguous() for key in keys}
-        _replace_atomically(lambda temp, t=tensors: save_file(t, temp, metadata={"format": "pt"}), folder / name)
+        write_atomically(folder / name, lambda temp, t=tensors: save_file(t, temp, metadata={"format": "pt"}))
 
     index_path = folder / INDEX_NAME
     if len(shards) > 1:
@@ -211,7 +197,7 @@ def save_model(model: Transformer, path: str | os.PathLike, max_shard_bytes: int
             "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
             "weight_map": {key: name for name, keys in zip(names, shards) for key in keys},
         }
-        _replace_atomically(lambda temp: Path(temp).write_text(json.dumps(index, indent=2)), index_path)
+        write_text_atomically(index_path, json.dumps(index, indent=2))
     stale = [p for p in folder.iterdir() if (_SHARD_NAME.fullmatch(p.name) or p.name == SINGLE_FILE_NAME)]
     for file in stale:
         if file.name not in names:
@@ -222,6 +208,4 @@ def save_model(model: Transformer, path: str | os.PathLike, max_shard_bytes: int
     hf = model.config.to_hf_config()
     dtype_name = str(model.lm_head.weight.dtype).removeprefix("torch.")
     hf.update({"dtype": dtype_name, "torch_dtype": dtype_name})
-    _replace_atomically(
-        lambda temp: Path(temp).write_text(json.dumps(hf, indent=2, sort_keys=True)), folder / CONFIG_NAME
-    )
+    write_text_atomically(folder / CONFIG_NAME, json.dumps(hf, indent=2, sort_keys=True))

@@ -17,7 +17,7 @@ from lumina_mgpt.shapes.degrade import degrade
 from lumina_mgpt.shapes.prompts import EvalPrompt, load_eval_prompts
 from lumina_mgpt.shapes.spec import CATEGORIES
 from lumina_mgpt.shapes.world import render, scene_from_spec
-from lumina_mgpt.text.atomic import write_text_atomically
+from lumina_mgpt.atomic import write_text_atomically
 
 # generate_fn(captions, width, height) -> one image per caption, each width x height.
 GenerateFn = Callable[[list[str], int, int], list[Image.Image]]

@@ -20,7 +20,7 @@ from lumina_mgpt.errors import DataError
 from lumina_mgpt.shapes.captions import describe, sample_spec
 from lumina_mgpt.shapes.spec import CATEGORIES, Spec
 from lumina_mgpt.shapes.world import CANVAS_SIZES
-from lumina_mgpt.text.atomic import write_text_atomically
+from lumina_mgpt.atomic import write_text_atomically
 
 PROMPTS_FILE = "eval_prompts.jsonl"
 PROMPT_SEED = 20240607

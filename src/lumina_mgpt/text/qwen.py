@@ -19,7 +19,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from lumina_mgpt.errors import TokenizerError
-from lumina_mgpt.text.atomic import write_text_atomically
+from lumina_mgpt.atomic import write_text_atomically
 from lumina_mgpt.text.byte_level import bytes_to_unicode, new_byte_level_tokenizer
 
 QWEN_SPECIAL_TOKENS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}

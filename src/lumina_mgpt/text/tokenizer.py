@@ -9,7 +9,7 @@ from tokenizers import AddedToken, Tokenizer, trainers
 from tokenizers.pre_tokenizers import ByteLevel
 
 from lumina_mgpt.errors import TokenizerError
-from lumina_mgpt.text.atomic import write_text_atomically
+from lumina_mgpt.atomic import write_text_atomically
 from lumina_mgpt.text.byte_level import new_byte_level_tokenizer, special_token, tokenizer_with_tokens_at_ids
 from lumina_mgpt.text.qwen import QWEN_SPECIAL_TOKENS, cached_tiktoken_tokenizer_json, qwen_vocab_path
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from lumina_mgpt.atomic import write_atomically, write_text_atomically
 from lumina_mgpt.errors import ImageTokenizerError
 from lumina_mgpt.vision.config import VQConfig
 
@@ -59,9 +57,9 @@ def write_folder(folder: Path, config: VQConfig, state_dict: dict[str, torch.Ten
     """Write config.json + model.safetensors, each atomically (temp file + os.replace)."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state_dict.items()}
-    atomic_write(folder / WEIGHTS_FILE, lambda temp: save_file(tensors, temp, metadata={"format": "pt"}))
+    write_atomically(folder / WEIGHTS_FILE, lambda temp: save_file(tensors, temp, metadata={"format": "pt"}))
     document = json.dumps({"format": FORMAT_TAG, **config.to_dict()}, indent=2) + "\n"
-    atomic_write(folder / CONFIG_FILE, lambda temp: Path(temp).write_text(document))
+    write_text_atomically(folder / CONFIG_FILE, document)
 
 
 def read_folder(folder: Path) -> tuple[VQConfig, dict[str, torch.Tensor]]:
@@ -80,15 +78,3 @@ def read_folder(folder: Path) -> tuple[VQConfig, dict[str, torch.Tensor]]:
 def is_tokenizer_folder(path: Path) -> bool:
     """True for a folder written by `write_folder`."""
     return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
-
-
-def atomic_write(target: Path, write: Callable[[str], object]) -> None:
-    """Run `write(temp_path)` beside `target`, then rename the result over `target`."""
-    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temp)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

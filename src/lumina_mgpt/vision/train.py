@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lumina_mgpt.atomic import write_atomically
 from lumina_mgpt.errors import ImageTokenizerError
-from lumina_mgpt.vision import checkpoints
 from lumina_mgpt.vision.quantize import quantize_with_losses
 from lumina_mgpt.vision.tokenizer import ImageTokenizer
 
@@ -144,7 +144,7 @@ class VQTrainer:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         payload = buffer.getvalue()
-        checkpoints.atomic_write(self.output / TRAINER_STATE_FILE, lambda temp: Path(temp).write_bytes(payload))
+        write_atomically(self.output / TRAINER_STATE_FILE, lambda temp: Path(temp).write_bytes(payload))
 
     def _revive_dead_codes(self, latents: torch.Tensor) -> int:
         dead = torch.nonzero(self.steps_since_used >= self.settings.dead_code_window).flatten()

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lumina_mgpt.errors import ImageTokenizerError
     from lumina_mgpt.vision import data
-    from lumina_mgpt.vision.checkpoints import atomic_write
+    from lumina_mgpt.atomic import write_text_atomically
     from lumina_mgpt.vision.config import preset
     from lumina_mgpt.vision.metrics import evaluate_reconstruction
     from lumina_mgpt.vision.tokenizer import ImageTokenizer
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     report = {"steps": trainer.step, "final_loss": history[-1]["loss"] if history else None}
     report.update(evaluate_reconstruction(tokenizer, eval_pixels))
     text = json.dumps(report, indent=2) + "\n"
-    atomic_write(args.output / "eval.json", lambda temp: Path(temp).write_text(text))
+    write_text_atomically(args.output / "eval.json", text)
     print(
         f"held-out {report['images']} crops of {args.eval_size}px: PSNR {report['psnr']:.2f} dB, "
         f"SSIM {report['ssim']:.4f}, codes stable under decode->encode {report['code_stability']:.1%}"
