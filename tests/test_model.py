@@ -265,3 +265,15 @@ def test_config_is_a_plain_dataclass():
     config = ModelConfig.preset("tiny")
     assert dataclasses.replace(config, dropout=0.1).dropout == 0.1
     assert config.head_dim == 16 and config.k_norm_rows == 2
+
+
+def test_sub_head_gives_the_selected_rows_of_the_full_logits():
+    model = tiny_model()
+    rows = torch.tensor([5, 1, 77, 300])
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    full_cache, sub_cache = model.new_cache(2, 16), model.new_cache(2, 16)
+    lengths = torch.tensor([9, 6])
+    head = model.sub_head(rows)
+    torch.testing.assert_close(model.prefill(ids, sub_cache, lengths, head=head), model.prefill(ids, full_cache, lengths)[:, rows])
+    step = torch.randint(0, model.config.vocab_size, (2, 3))
+    torch.testing.assert_close(model.decode(step, sub_cache, head=head), model.decode(step, full_cache)[..., rows])

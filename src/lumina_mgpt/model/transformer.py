@@ -269,11 +269,14 @@ class Transformer(nn.Module):
             dtype=weight.dtype if dtype is None else dtype,
         )
 
-    def prefill(self, input_ids: torch.Tensor, cache: KVCache, prompt_lengths: torch.Tensor) -> torch.Tensor:
+    def prefill(
+        self, input_ids: torch.Tensor, cache: KVCache, prompt_lengths: torch.Tensor, head: nn.Module | None = None
+    ) -> torch.Tensor:
         """Run LEFT-padded prompts (B, T) into an empty cache; returns the last position's logits (B, V) fp32.
 
         Row b's real tokens are the last prompt_lengths[b] ids; they get positions 0.. and the pad slots
-        before them are never attended. Resets the cache pointers to T.
+        before them are never attended. Resets the cache pointers to T. `head` replaces lm_head, e.g. by
+        one holding only the image-code rows when only those logits are needed.
         """
         batch, seq = input_ids.shape
         if batch != cache.batch_size or seq > cache.max_len or prompt_lengths.shape != (batch,):
@@ -296,14 +299,14 @@ class Transformer(nn.Module):
         hidden = self.model(input_ids, positions, cache, plan)
         cache.lengths.fill_(seq)
         cache.starts.copy_(starts)
-        return self.lm_head(hidden[:, -1]).float()
+        return (head or self.lm_head)(hidden[:, -1]).float()
 
-    def decode(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, cache: KVCache, head: nn.Module | None = None) -> torch.Tensor:
         """Append k tokens per row (B, k) at each row's pointer; returns their logits (B, k, V) fp32.
 
         Causal among the k new tokens, attends only to each row's real slots, then advances the
         pointers by k. Static shapes for a given k, no host syncs: safe for CUDA graphs. The caller
-        keeps lengths + k <= max_len.
+        keeps lengths + k <= max_len. `head` replaces lm_head (see `prefill`).
         """
         steps = tokens.shape[1]
         slots = cache.lengths[:, None] + torch.arange(steps, device=tokens.device)
@@ -313,7 +316,15 @@ class Transformer(nn.Module):
         plan = AttendPlan(slots=slots, mask=visible[:, None], kv_len=cache.max_len)
         hidden = self.model(tokens, positions, cache, plan)
         cache.lengths.add_(steps)
-        return self.lm_head(hidden).float()
+        return (head or self.lm_head)(hidden).float()
+
+    def sub_head(self, rows: torch.Tensor) -> nn.Linear:
+        """A head computing only the logits of vocabulary `rows`: inside an image only the image codes
+        can be sampled, and skipping the other rows saves most of the head's bandwidth (v1: 7/8)."""
+        head = nn.Linear(self.config.hidden_size, len(rows), bias=False, device=rows.device, dtype=self.lm_head.weight.dtype)
+        with torch.no_grad():
+            head.weight.copy_(self.lm_head.weight[rows])
+        return head.requires_grad_(False)
 
 
 def enable_activation_checkpointing(model: Transformer) -> None:
