@@ -1,0 +1,80 @@
+"""A stage's batches from its pretokenized data sets (lumina_mgpt.data), in the trainer's protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import torch
+
+from lumina_mgpt.errors import TrainingError
+
+
+class BatchSource(Protocol):
+    """What the trainer reads: an iterable of {"input_ids": (B, T), "labels": (B, T)} LongTensors.
+
+    `iter()` continues from the position `load_state_dict` restored; a new `iter()` after one is
+    exhausted starts the next epoch. `len()` (batches per epoch on this rank) is needed for `epochs`.
+    """
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class DataBatches:
+    """A data sampler's plans collated into padded batches; position and epochs live in the sampler."""
+
+    def __init__(self, dataset, sampler, collator) -> None:
+        self.dataset, self.sampler, self.collator = dataset, sampler, collator
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for plan in self.sampler:
+            yield self.collator(self.dataset, plan)
+
+    def __len__(self) -> int:
+        if not hasattr(self.sampler, "__len__"):
+            raise TypeError("a mixture of data sets is endless")
+        return len(self.sampler)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+
+
+def data_batches(stage, index: int, context, seed: int, layout: str | None = None) -> DataBatches:
+    """This rank's share of stage `stage`'s data: one data set length-grouped, several mixed by ratio.
+
+    Each rank reads `stage.batch_size` sequences per micro-batch (global batch = batch_size x ranks);
+    context drop (CFG) is drawn per sample by the collator. `layout`, when given, must be the data's.
+    """
+    from lumina_mgpt.data import Collator, LengthGroupedBatches, MixedBatches, TokenDataset
+
+    datasets = [TokenDataset(source.manifest) for source in stage.data]
+    if layout is not None:
+        for source, dataset in zip(stage.data, datasets):
+            if dataset.layout.name != layout:
+                raise TrainingError(
+                    f"data set {source.manifest} uses layout {dataset.layout.name!r}; the recipe says {layout!r}"
+                )
+    global_batch = stage.batch_size * context.world_size
+    if len(datasets) == 1:
+        dataset = datasets[0]
+        sampler = LengthGroupedBatches(
+            dataset.lengths, global_batch, seed=seed, rank=context.rank, world_size=context.world_size
+        )
+    else:
+        sampler = MixedBatches(
+            [(dataset, source.ratio) for dataset, source in zip(datasets, stage.data)],
+            global_batch,
+            seed=seed,
+            rank=context.rank,
+            world_size=context.world_size,
+        )
+        dataset = sampler.dataset
+    collator = Collator(dataset.layout, context_drop=stage.context_drop, seed=seed)
+    return DataBatches(dataset, sampler, collator)
