@@ -1,7 +1,7 @@
 """Random official-format VQGAN checkpoints and an independent taming-style reference forward.
 
 `official_state_dict(family, width_divisor)` builds tensors with exactly the names listed in
-/work/shared/formats (Chameleon VQGAN, SBER-MoVQGAN 270M); every width >= 64 is divided by
+tests/data (copies of the tensor listings in shared/formats: Chameleon VQGAN, SBER-MoVQGAN 270M); every width >= 64 is divided by
 `width_divisor` to keep tests fast (the codebook length and 3/4-channel dims are kept).
 `reference_encode` / `reference_decode` run the taming graph straight from those official names
 with torch.nn.functional, so a correct name conversion must reproduce them.
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-FORMATS = Path("/work/shared/formats")
+FORMATS = Path(__file__).resolve().parent / "data"
 LISTINGS = {"chameleon": FORMATS / "chameleon_vqgan_state_dict.txt", "movqgan": FORMATS / "movqgan_270m_state_dict.txt"}
 _LINE = re.compile(r"^(\S+) \(([\d, ]*)\)$")
 
