@@ -277,3 +277,20 @@ def test_sub_head_gives_the_selected_rows_of_the_full_logits():
     torch.testing.assert_close(model.prefill(ids, sub_cache, lengths, head=head), model.prefill(ids, full_cache, lengths)[:, rows])
     step = torch.randint(0, model.config.vocab_size, (2, 3))
     torch.testing.assert_close(model.decode(step, sub_cache, head=head), model.decode(step, full_cache)[..., rows])
+
+
+def test_7b_preset_has_the_official_parameter_names_and_shapes():
+    """Every tensor of layer 0 and the top level, as listed from the released 7B (recent transformers
+    layout: q/k norms with one row per head)."""
+    import re
+    from pathlib import Path
+
+    listing = {}
+    for line in (Path(__file__).parent / "data" / "chameleon_7b_model_state_dict.txt").read_text().splitlines():
+        name, shape = re.fullmatch(r"(\S+) \(([\d, ]*)\)", line.strip()).groups()
+        listing[name] = tuple(int(d) for d in shape.replace(" ", "").split(",") if d)
+    config = ModelConfig.preset("lumina-mgpt-7b", qk_norm_rows=32)
+    with torch.device("meta"):
+        model = Transformer(config)
+    ours = {n: tuple(p.shape) for n, p in model.named_parameters() if ".layers." not in n or ".layers.0." in n}
+    assert ours == listing
