@@ -512,3 +512,12 @@ def test_torchrun_run_killed_mid_training_resumes_exactly(overfit_setup, tmp_pat
     resumed = _torchrun(recipe, tmp_path / "b", "--resume")
     assert resumed.wait(timeout=600) == 0, Path(f"{tmp_path / 'b'}.1.out").read_text()
     assert_same_losses(tmp_path / "a", tmp_path / "b", range(resumed_from + 1, 41), 1e-6)
+
+
+def test_a_model_vocabulary_smaller_than_the_data_is_refused(overfit_setup, tmp_path, capsys):
+    from lumina_mgpt.cli import main
+
+    recipe = overfit_setup.parent / "small-vocab.toml"
+    recipe.write_text(overfit_setup.read_text().replace("vocab_size = 512", "vocab_size = 100"))
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert "vocabulary only 100" in capsys.readouterr().err

@@ -29,6 +29,7 @@ class DataBatches:
 
     def __init__(self, dataset, sampler, collator) -> None:
         self.dataset, self.sampler, self.collator = dataset, sampler, collator
+        self.layout = dataset.layout
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for plan in self.sampler:
@@ -55,6 +56,13 @@ def data_batches(stage, index: int, context, seed: int, layout: str | None = Non
     from lumina_mgpt.data import Collator, LengthGroupedBatches, MixedBatches, TokenDataset
 
     datasets = [TokenDataset(source.manifest) for source in stage.data]
+    for source, dataset in zip(stage.data[1:], datasets[1:]):
+        if dataset.fingerprint != datasets[0].fingerprint:
+            raise TrainingError(
+                f"data sets {stage.data[0].manifest} and {source.manifest} were tokenized differently "
+                f"(fingerprints {datasets[0].fingerprint.combined} and {dataset.fingerprint.combined}); a stage mixes only data "
+                "made with the same layout and tokenizers"
+            )
     if layout is not None:
         for source, dataset in zip(stage.data, datasets):
             if dataset.layout.name != layout:

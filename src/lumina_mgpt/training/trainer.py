@@ -210,8 +210,11 @@ class Trainer:
             return self.run_dir / ckpt.STAGES / self.recipe.stages[index - 1].name / ckpt.MODEL_DIR
         return self.recipe.model.path
 
-    def _build_model(self, index: int, checkpoint: Path | None) -> nn.Module:
-        """Build (rank 0 on CPU, other ranks on meta), adapt, wrap and place the model of stage `index`."""
+    def _build_model(self, index: int, checkpoint: Path | None, data_vocab_size: int | None) -> nn.Module:
+        """Build (rank 0 on CPU, other ranks on meta), adapt, wrap and place the model of stage `index`.
+
+        A preset without a vocab_size takes the data's: the ids the tokenizers actually produce.
+        (An explicit larger one is allowed: the extra ids are never seen.)"""
         source = self.recipe.model
         lora = self.recipe.lora
         if checkpoint is not None and lora is None:
@@ -229,9 +232,11 @@ class Trainer:
                 model = Transformer(config)
             model.load_state_dict(loaded.state_dict(), assign=True)
         else:
-            dropout = {} if source.dropout is None else {"dropout": source.dropout}
+            extra = {} if source.dropout is None else {"dropout": source.dropout}
+            if "vocab_size" not in source.overrides and data_vocab_size is not None:
+                extra["vocab_size"] = data_vocab_size
             try:
-                config = ModelConfig.preset(source.preset, **source.overrides, **dropout)
+                config = ModelConfig.preset(source.preset, **source.overrides, **extra)
             except CheckpointError as error:
                 raise TrainingError(f"[model] preset {source.preset!r}: {error}") from error
             with torch.device("cpu" if real else "meta"):
@@ -331,12 +336,19 @@ class Trainer:
     def _train_stage(self, index: int, checkpoint: Path | None) -> None:
         stage = self.recipe.stages[index]
         stage_seed = self.recipe.seed + 1_000 * index
-        model = self._build_model(index, checkpoint)
+        batches = self.batch_factory(stage, index, self.context, stage_seed)
+        data_layout = getattr(batches, "layout", None)
+        model = self._build_model(index, checkpoint, None if data_layout is None else data_layout.vocab_size)
         settings = self.recipe.optimizer
         optimizer = torch.optim.AdamW(
             parameter_groups(model, settings.weight_decay), lr=stage.lr, betas=settings.betas, eps=settings.eps
         )
-        batches = self.batch_factory(stage, index, self.context, stage_seed)
+        if data_layout is not None and data_layout.vocab_size > model.config.vocab_size:
+            raise TrainingError(
+                f"stage {stage.name!r}: the data's layout has {data_layout.vocab_size} ids but the model's "
+                f"vocabulary only {model.config.vocab_size}; give [model] vocab_size >= {data_layout.vocab_size}, "
+                "or leave it out to take the data's"
+            )
         run = _StageRun(
             index=index,
             stage=stage,
