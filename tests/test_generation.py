@@ -63,7 +63,8 @@ def test_greedy_cfg_equals_formula_from_separate_forwards(layout):
 
 
 def test_guided_logits_match_formula_to_1e5(layout):
-    """The engine's first-step guided logits equal the formula from two separate forwards (1e-5)."""
+    """The engine's first-step logits of the conditional and unconditional rows equal two separate full
+    forwards (1e-5) at the image-code rows, the only ones an image run computes."""
     model = tiny_model(layout)
     engine = Engine(model, layout)
     captured = {}
@@ -79,9 +80,10 @@ def test_guided_logits_match_formula_to_1e5(layout):
     engine.generate_images(prompts, WIDTH, HEIGHT, settings, seeds=[0, 0], progress=False)
     header = [layout.start_image_id, layout.size_indicator_ids[1], layout.size_indicator_ids[2]]
     logits = captured["logits"]
+    codes = list(layout.code_ids)
     for i, prompt in enumerate(prompts):
-        torch.testing.assert_close(logits[i], full_logits(model, prompt + header), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(logits[len(prompts) + i], full_logits(model, header), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logits[i], full_logits(model, prompt + header)[codes], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logits[len(prompts) + i], full_logits(model, header)[codes], rtol=1e-5, atol=1e-5)
 
 
 def test_batched_prompts_equal_one_at_a_time(layout):
@@ -144,10 +146,10 @@ class BigramModel(torch.nn.Module):
     def new_cache(self, batch_size, max_len, device=None, dtype=None):
         return {"last": None}
 
-    def prefill(self, input_ids, cache, prompt_lengths):
+    def prefill(self, input_ids, cache, prompt_lengths, head=None):
         return self.table[input_ids[:, -1]]
 
-    def decode(self, tokens, cache):
+    def decode(self, tokens, cache, head=None):
         return self.table[tokens]
 
 
@@ -234,3 +236,19 @@ def test_bad_requests_are_refused_before_compute(layout):
         engine.generate_images([[1] * 250], WIDTH, HEIGHT, settings, [0], progress=False)
     with pytest.raises(GenerationError, match="one seed per prompt"):
         engine.generate_images([[1], [2]], WIDTH, HEIGHT, settings, [0], progress=False)
+
+
+def test_image_runs_follow_weight_updates_between_calls(layout):
+    """Image runs use a code-only copy of the head; changing the model's head between calls must change
+    the images exactly as a fresh engine sees them."""
+    model = tiny_model(layout)
+    engine = Engine(model, layout)
+    settings = GenerationSettings(image=SamplingSettings(temperature=0.0), cfg=2.0)
+    prompts = prompts_of_lengths(layout, [4])
+    before = engine.generate_images(prompts, WIDTH, HEIGHT, settings, [0], progress=False)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(torch.randn_like(model.lm_head.weight))
+    after = engine.generate_images(prompts, WIDTH, HEIGHT, settings, [0], progress=False)
+    fresh = Engine(model, layout).generate_images(prompts, WIDTH, HEIGHT, settings, [0], progress=False)
+    np.testing.assert_array_equal(after[0], fresh[0])
+    assert not np.array_equal(before[0], after[0])

@@ -77,9 +77,14 @@ class Pipeline:
         image_tokenizer: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        quant: str | None = None,
     ) -> "Pipeline":
-        """Load a project or official folder; with no path, the embedded shapes model."""
-        from lumina_mgpt.model import load_model
+        """Load a project or official folder; with no path, the embedded shapes model.
+
+        `quant` quantizes the decoder's linear weights after loading: "int8" (CPU and CUDA) or
+        "int4" (CUDA, bfloat16); see `lumina_mgpt.model.quantize_model`.
+        """
+        from lumina_mgpt.model import check_quantization, load_model, quantize_model
         from lumina_mgpt.text import TextTokenizer
         from lumina_mgpt.vision import ImageTokenizer
 
@@ -90,6 +95,8 @@ class Pipeline:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        if quant is not None:
+            check_quantization(quant, device, dtype)  # before the slow part
 
         text_tokenizer = TextTokenizer.from_folder(folder)
         project_file = folder / PROJECT_FILE
@@ -105,6 +112,8 @@ class Pipeline:
             vision_path = Path(image_tokenizer) if image_tokenizer else _find_file(folder, IMAGE_TOKENIZER_FILES[family])
 
         model = load_model(folder, device=device, dtype=dtype).eval()
+        if quant is not None:
+            quantize_model(model, quant)
         vision = ImageTokenizer.from_pretrained(vision_path).to(device)
         if vision.codebook_size != layout.codebook_size:
             raise GenerationError(
@@ -159,11 +168,14 @@ class Pipeline:
         seeds: Sequence[int],
         on_row: RowCallback | None = None,
         progress: bool = True,
+        sjd_window: int | None = None,
     ) -> list[np.ndarray]:
         """Code grids (h, w) for each prompt; see `generate`."""
         check_image_size(width, height, self.layout)
         ids = [self.prompt_ids(p, width, height) for p in prompts]
-        return self.engine.generate_images(ids, width, height, settings, seeds, on_row=on_row, progress=progress)
+        return self.engine.generate_images(
+            ids, width, height, settings, seeds, on_row=on_row, progress=progress, sjd_window=sjd_window
+        )
 
     def generate(
         self,
@@ -179,10 +191,13 @@ class Pipeline:
         batch_size: int = 8,
         on_row: RowCallback | None = None,
         progress: bool = True,
+        sjd_window: int | None = None,
     ) -> list[Image.Image]:
         """Text to image. Returns num_images images per prompt, prompt-major.
 
         Image i of the whole call uses seed `seed + i`, so results do not depend on batch_size.
+        `sjd_window=L` (16 is usual) decodes with speculative Jacobi decoding: the same distribution
+        of images in fewer forwards, though not the same image for a seed as plain decoding.
         Each image carries its prompt and settings in `image.info["parameters"]` (JSON), which
         `save_png` writes into the PNG's text metadata.
         """
@@ -197,13 +212,15 @@ class Pipeline:
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start: start + batch_size]
             grids = self.generate_codes(
-                [p for p, _ in chunk], width, height, settings, [s for _, s in chunk], on_row=on_row, progress=progress
+                [p for p, _ in chunk], width, height, settings, [s for _, s in chunk], on_row=on_row,
+                progress=progress, sjd_window=sjd_window,
             )
             pictures = self.image_tokenizer.decode_to_pil(torch.as_tensor(np.stack(grids)))
             for (prompt, image_seed), picture in zip(chunk, pictures):
                 picture.info["parameters"] = json.dumps(
                     {"prompt": prompt, "width": width, "height": height, "seed": image_seed, "cfg": settings.cfg,
-                     "image_sampling": asdict(settings.image), "model_layout": self.layout.name}
+                     "image_sampling": asdict(settings.image), "sjd_window": sjd_window,
+                     "model_layout": self.layout.name}
                 )
                 images.append(picture)
         return images
