@@ -92,3 +92,16 @@ def test_folder_without_model_or_tokenizer_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 1234}))
     with pytest.raises(TokenizerError, match="tokenizer.json"):
         Pipeline.from_pretrained(tmp_path)
+
+
+def test_chat_returns_text_and_the_images_the_answer_opens(tmp_path):
+    from lumina_mgpt.demo import untrained_shapes_pipeline
+
+    pipe = untrained_shapes_pipeline(tmp_path / "model", seed=0)
+    reply = pipe.chat(["what is this? <|image|>"], images=[Image.new("RGB", (70, 50), "red")], max_new_tokens=8)
+    assert isinstance(reply.text, str) and reply.images == []
+    # Make the model open an image at once: the answer is one 32x32 image, then a cut-off second one.
+    pipe.engine.text_bias[pipe.layout.start_image_id] = 1e4
+    reply = pipe.chat(["draw"], max_new_tokens=30, image_size=(32, 32))
+    assert reply.text.startswith("<|image|>")
+    assert reply.images[0].size == (32, 32)

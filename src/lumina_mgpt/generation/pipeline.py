@@ -27,10 +27,13 @@ from PIL import Image
 
 from lumina_mgpt.errors import GenerationError
 from lumina_mgpt.formats import (
+    IMAGE_PLACEHOLDER,
+    ImageSegment,
     VocabLayout,
     check_image_size,
     encode_generation_prompt,
     get_layout,
+    parse,
     text_to_image_prompt,
 )
 from lumina_mgpt.generation.engine import Engine, GenerationSettings, RowCallback
@@ -45,6 +48,14 @@ FAMILY_DEFAULTS = {
     "lumina-mgpt-2": dict(image_top_k=4096, text_top_k=10, temperature=1.0, cfg=4.0, size=(768, 768)),
 }
 IMAGE_TOKENIZER_FILES = {"lumina-mgpt": "vqgan.ckpt", "lumina-mgpt-2": "movqgan_270M.ckpt"}
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """A chat answer: its text (images marked `<|image|>`) and the images it wrote."""
+
+    text: str
+    images: list[Image.Image]
 
 
 @dataclass(frozen=True)
@@ -234,26 +245,37 @@ class Pipeline:
         temperature: float | None = None,
         top_k: int | None = None,
         image_size: tuple[int, int] | None = None,
-    ) -> str:
+    ) -> ChatReply:
         """Answer the last human turn of a conversation (turns alternate human, assistant, ...,
-        human; `<|image|>` marks where each image goes). Returns the answer's text."""
+        human; `<|image|>` marks where each image goes). Images the model opens in its answer are
+        written at `image_size`; the reply's text marks them with `<|image|>`."""
         if len(turns) % 2 != 1:
-            raise GenerationError(f"a conversation to answer has an odd number of turns (ending with a question), got {len(turns)}")
-        grids = [g for g in self._encode_images(images)]
-        prompt = encode_generation_prompt(list(turns), grids, self.text_tokenizer, self.layout)
+            raise GenerationError(
+                f"a conversation to answer has an odd number of turns (ending with a question), got {len(turns)}"
+            )
+        prompt = encode_generation_prompt(list(turns), self._encode_images(images), self.text_tokenizer, self.layout)
         settings = self.settings(temperature=temperature, text_top_k=top_k)
         (answer,) = self.engine.generate_text(
             [prompt], settings, [seed], max_new_tokens=max_new_tokens,
             image_size=image_size or self.defaults.size, progress=False,
         )
-        text_ids = [int(t) for t in answer if t != self.layout.separator_id and not self.layout.image_code_mask()[t]]
-        return self.text_tokenizer.decode(text_ids)
+        if len(answer) and answer[-1] == self.layout.separator_id:
+            answer = answer[:-1]
+        text, grids = [], []
+        for segment in parse(answer, self.layout):
+            if isinstance(segment, ImageSegment):
+                text.append(IMAGE_PLACEHOLDER)
+                grids.append(segment.codes)
+            else:
+                text.append(self.text_tokenizer.decode([int(t) for t in segment.ids]))
+        pictures = [self.image_tokenizer.decode_to_pil(torch.as_tensor(g)[None])[0] for g in grids if g.size]
+        return ChatReply("".join(text), pictures)
 
     def _encode_images(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
         from lumina_mgpt.formats import bucket_sizes, closest_bucket, resize_to_bucket
 
         grids = []
-        sizes = bucket_sizes(max(self.defaults.size))
+        sizes = bucket_sizes(max(self.defaults.size), step=self.layout.pixels_per_indicator)
         for image in images:
             size = closest_bucket(image.width, image.height, sizes)
             tensor_codes = self.image_tokenizer.encode([resize_to_bucket(image.convert("RGB"), size)])
