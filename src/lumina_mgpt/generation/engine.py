@@ -37,6 +37,8 @@ from lumina_mgpt.generation.speculative import (
 )
 
 TEXT_MODE = -1
+# Cache lengths are rounded up to this, so that nearby requests share one cache (and one CUDA graph).
+CACHE_LENGTH_STEP = 256
 RowCallback = Callable[[int, np.ndarray], None]
 
 
@@ -95,6 +97,7 @@ class Engine:
             self._step = torch.compile(self._step, mode="reduce-overhead")
             self._speculative_step = torch.compile(self._speculative_step, mode="reduce-overhead")
         self.last_stats: DecodeStats | None = None
+        self.cache = None
         self._image_head: torch.nn.Module | None = None
 
     # ------------------------------------------------------------------ public entry points
@@ -225,7 +228,7 @@ class Engine:
         padded = torch.full((len(batch), prompt_len), self.layout.pad_id, dtype=torch.int64)
         for i, row in enumerate(batch):
             padded[i, prompt_len - len(row):] = torch.as_tensor(row, dtype=torch.int64)
-        self.cache = self.model.new_cache(len(batch), max_len, device=device)
+        self.cache = self._cache_for(len(batch), max_len)
         # An image-only run samples nothing but codes: a head over the code rows skips most of lm_head.
         self._head = self._code_head() if start_pos > TEXT_MODE else None
         logits = self.model.prefill(
@@ -293,6 +296,15 @@ class Engine:
     def _step_eager(self, fed, pos, done, seeds, step):
         logits = self.model.decode(fed[:, None], self.cache, head=self._head)[:, -1]
         return self._choose(logits, pos, done, seeds, step)
+
+    def _cache_for(self, batch_size: int, max_len: int):
+        """The engine's static cache, reused while the batch size and rounded length stay the same:
+        a compiled step's CUDA graph holds the cache's addresses, so a new cache means a new graph."""
+        slots = -(-max_len // CACHE_LENGTH_STEP) * CACHE_LENGTH_STEP
+        cache = self.cache
+        if cache is None or cache.batch_size != batch_size or cache.max_len != slots:
+            cache = self.model.new_cache(batch_size, slots, device=self.device)
+        return cache
 
     def _code_head(self) -> torch.nn.Module:
         """lm_head restricted to the image-code rows (logits in code order). One module for the engine's
