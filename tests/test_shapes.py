@@ -420,7 +420,7 @@ def test_cli_drives_the_pipeline_with_sizes_cfg_and_seed(tmp_path, monkeypatch, 
             calls.append(("load", path))
             return cls()
 
-        def generate(self, prompts, width, height, cfg, seed):
+        def generate(self, prompts, width, height, cfg, seed, top_k=None, sjd_window=None, progress=True):
             calls.append(("generate", len(prompts), width, height, cfg, seed))
             return [Image.new("RGB", (width, height), (225, 225, 225)) for _ in prompts]
 

@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, help="sampling seed of the first image; image k uses seed + k"
     )
     parser.add_argument("--batch-size", type=int, default=16, help="prompts generated per call")
+    parser.add_argument("--top-k", type=int, default=None, help="image top-k (default: the model's)")
+    parser.add_argument("--sjd-window", type=int, default=None, help="decode with speculative Jacobi decoding")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON here")
     parser.add_argument(
         "--ground-truth",
@@ -66,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
             nonlocal generated
             seed = args.seed + generated
             generated += len(captions)
-            return pipe.generate(captions, width=width, height=height, cfg=args.cfg, seed=seed)
+            return pipe.generate(
+                captions, width=width, height=height, cfg=args.cfg, seed=seed, top_k=args.top_k,
+                sjd_window=args.sjd_window, progress=False,
+            )
 
     def show_progress(done: int, total: int) -> None:
         print(f"\r{done}/{total} prompts", end="" if done < total else "\n", file=sys.stderr)

@@ -1,0 +1,27 @@
+"""The shipped shapes model: loads with no arguments and draws every supported canvas exactly."""
+
+import pytest
+
+from lumina_mgpt.generation.pipeline import EMBEDDED_MODEL, Pipeline
+from lumina_mgpt.shapes import CANVAS_SIZES
+
+pytestmark = pytest.mark.skipif(
+    not (EMBEDDED_MODEL / "config.json").is_file(), reason="the embedded model is not built in this checkout"
+)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return Pipeline.from_pretrained(device="cpu")
+
+
+def test_embedded_model_is_small_and_loads_by_default(pipe):
+    size = sum(f.stat().st_size for f in EMBEDDED_MODEL.rglob("*") if f.is_file())
+    assert size < 30e6
+    assert pipe.layout.name == "compact" and pipe.layout.codebook_size == pipe.image_tokenizer.codebook_size
+
+
+@pytest.mark.parametrize("size", CANVAS_SIZES)
+def test_every_canvas_size_comes_out_exactly(pipe, size):
+    images = pipe.generate(["a red circle", "two blue squares"], width=size[0], height=size[1], seed=1, progress=False)
+    assert [image.size for image in images] == [size, size]
