@@ -101,7 +101,9 @@ class Pipeline:
 
         folder = Path(path) if path is not None else EMBEDDED_MODEL
         if not (folder / "config.json").is_file():
-            hint = " (the embedded model is not built yet: see `lumina build-embedded`)" if path is None else ""
+            hint = ""
+            if path is None:
+                hint = " (the embedded model is not in this checkout: `python -m lumina_mgpt.shapes.build` makes it)"
             raise GenerationError(f"{folder} is not a model folder: config.json is missing{hint}")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype is None:
