@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lumina_mgpt.atomic import write_text_atomically
 from lumina_mgpt.errors import GenerationError
 from lumina_mgpt.formats import (
     IMAGE_PLACEHOLDER,
@@ -144,10 +145,7 @@ class Pipeline:
         save_model(self.model, folder)
         self.text_tokenizer.save(folder / "tokenizer.json")
         self.image_tokenizer.save_pretrained(folder / "image_tokenizer")
-        meta = {"layout": self.layout.to_dict(), "defaults": {**asdict(self.defaults), "size": list(self.defaults.size)}}
-        tmp = folder / (PROJECT_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, folder / PROJECT_FILE)
+        write_project_file(folder, self.layout, self.defaults)
 
     # ------------------------------------------------------------------ generation
     def settings(
@@ -283,6 +281,12 @@ class Pipeline:
             tensor_codes = self.image_tokenizer.encode([resize_to_bucket(image.convert("RGB"), size)])
             grids.append(tensor_codes[0].cpu().numpy())
         return grids
+
+
+def write_project_file(folder: str | os.PathLike, layout: VocabLayout, defaults: Defaults) -> Path:
+    """Write the `lumina.json` that makes a model folder a project folder (layout + sampling defaults)."""
+    meta = {"layout": layout.to_dict(), "defaults": {**asdict(defaults), "size": list(defaults.size)}}
+    return write_text_atomically(Path(folder) / PROJECT_FILE, json.dumps(meta, indent=2))
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> None:

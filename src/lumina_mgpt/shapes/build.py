@@ -30,7 +30,7 @@ STAGE_TARGET = {"data-48": 48, "data-64": 64}
 BPE_VOCAB = 512
 PIXELS_PER_INDICATOR = 16
 MAX_INDICATOR = 16  # 256 px: four times the largest canvas
-DEFAULTS = dict(image_top_k=128, text_top_k=10, temperature=1.0, cfg=4.0, size=[64, 64])
+IMAGE_TOP_K = 128
 
 
 def log(message: str) -> None:
@@ -93,7 +93,7 @@ def train_image_tokenizer(work: Path, steps: int, seed: int) -> None:
 
 def write_project_metadata(work: Path) -> None:
     from lumina_mgpt.formats import get_layout
-    from lumina_mgpt.generation.pipeline import PROJECT_FILE
+    from lumina_mgpt.generation.pipeline import PROJECT_FILE, Defaults, write_project_file
     from lumina_mgpt.text import TextTokenizer
     from lumina_mgpt.vision import ImageTokenizer
 
@@ -106,9 +106,8 @@ def write_project_metadata(work: Path) -> None:
         "compact", text, codebook_size=image.codebook_size, downsample=image.downsample,
         pixels_per_indicator=PIXELS_PER_INDICATOR, max_indicator=MAX_INDICATOR,
     )
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"layout": layout.to_dict(), "defaults": DEFAULTS}, indent=2))
-    os.replace(tmp, target)
+    defaults = Defaults(image_top_k=IMAGE_TOP_K, text_top_k=10, temperature=1.0, cfg=4.0, size=(64, 64))
+    write_project_file(target.parent, layout, defaults)
     log(f"layout: {layout.vocab_size} ids ({text.vocab_size} text, {layout.codebook_size} codes)")
 
 
