@@ -336,6 +336,27 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path):
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
 
 
+def test_dead_codes_move_onto_badly_served_latents_only(tmp_path):
+    """Revival targets latents in proportion to their quantization error: a latent that already sits
+    on a code never receives a duplicate (which would make its code depend on noise)."""
+    from lumina_mgpt.vision.quantize import nearest_codes
+
+    settings = TrainSettings(steps=1, batch_size=2, dead_code_window=1)
+    trainer = VQTrainer(ImageTokenizer(TINY), _training_images(), settings, tmp_path)
+    codebook = trainer.tokenizer.codebook
+    latents = torch.zeros(1, codebook.shape[1], 1, 8)
+    with torch.no_grad():
+        codebook.zero_()
+        codebook[1:] = 100.0  # far from every latent
+        latents[0, :, 0, 5] = 3.0  # the one badly served latent; the other seven sit on code 0
+    trainer.steps_since_used[:] = 0
+    trainer.steps_since_used[2:6] = settings.dead_code_window  # four dead codes
+    revived = trainer._revive_dead_codes(latents, nearest_codes(latents, codebook))
+    assert revived == 4
+    assert torch.equal(codebook[2:6], torch.full_like(codebook[2:6], 3.0))
+    assert torch.equal(codebook[0], torch.zeros_like(codebook[0]))
+
+
 def test_train_cli_trains_and_reports(tmp_path, capsys):
     import argparse
 

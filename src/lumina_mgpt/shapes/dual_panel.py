@@ -142,8 +142,7 @@ def _edit(rng: np.random.Generator, task: str, width: int, height: int) -> tuple
         before = _random_scene(rng, width, height, 1, 3)
         present = {(o.shape, o.color) for o in before.objects}
         shape, color = next(p for p in _distinct_items(rng, 4) if p not in present)
-        sizes = [o.size for o in before.objects]
-        size = int(rng.integers(min(sizes), max(sizes) + 1))
+        size = before.objects[int(rng.integers(len(before.objects)))].size  # on the placement grid
         scale = geometry_scale(width, height)
         xs, ys = free_centers(size, list(before.objects), width, height, scale)
         if xs.size == 0:

@@ -1,5 +1,10 @@
-"""The procedural shapes world: scenes of flat colored shapes on a light, lightly textured
-background, placed so that objects never touch and spatial relations are unambiguous.
+"""The procedural shapes world: scenes of flat colored shapes on a plain light background, placed
+on a 4-pixel grid so that objects never touch and spatial relations are unambiguous.
+
+Why plain and gridded: a VQ turns background tint, gradient and pixel noise, and every sub-patch
+offset of an edge, into different codes, and the language model must then spend its capacity on
+that noise. Here a patch's code depends only on what is drawn in it. (The renderer and the
+analyzer still handle textured backgrounds; `Background` describes both.)
 
 Coordinates are pixels with the origin at the top-left; an object's `center` is the center of its
 axis-aligned bounding box of side `size` (triangles point up and fill that box's base).
@@ -22,8 +27,9 @@ from lumina_mgpt.shapes.spec import COLORS, Spec
 CANVAS_SIZES: tuple[tuple[int, int], ...] = ((64, 64), (80, 48), (48, 80))
 SUPERSAMPLE = 4  # anti-aliasing: draw at 4x and average down
 # Geometry at the 64x64 reference scale; canvases whose short side exceeds 64 scale it up.
-SIZE_RANGE_BY_COUNT = {1: (18, 26), 2: (16, 23), 3: (16, 21), 4: (16, 19)}
-EDGE_MARGIN = 3  # free pixels between an object and the canvas border
+GRID = 4  # object boxes start and end on multiples of this many pixels (at the 64x64 scale)
+SIZE_RANGE_BY_COUNT = {1: (20, 28), 2: (16, 24), 3: (16, 20), 4: (16, 16)}  # multiples of GRID
+EDGE_MARGIN = 4  # free pixels between an object and the canvas border
 OBJECT_GAP = 6  # free pixels between two objects' boxes, so blur never merges them
 RELATION_SLOPE = 0.4  # a relation's cross-axis offset is at most this fraction of its main offset
 PLACEMENT_ATTEMPTS = 200
@@ -80,13 +86,7 @@ def geometry_scale(width: int, height: int) -> float:
     return max(1.0, min(width, height) / 64.0)
 
 
-def sample_background(rng: np.random.Generator) -> Background:
-    """Light gray (208-235) with a slight tint, a gentle gradient and at most faint noise."""
-    gray = int(rng.integers(208, 236))
-    tint = rng.integers(-6, 7, size=3)
-    color = tuple(int(gray + t) for t in tint)
-    gradient = (float(rng.uniform(-12, 12)), float(rng.uniform(-12, 12)))
-    return Background(color, gradient, float(rng.uniform(0.0, 4.0)), int(rng.integers(2**31)))
+PLAIN_BACKGROUND = Background((224, 224, 224), (0.0, 0.0), 0.0, 0)
 
 
 def background_pixels(background: Background, width: int, height: int) -> np.ndarray:
@@ -173,13 +173,14 @@ def place_objects(
     if not 1 <= len(items) <= 4:
         raise DataError(f"a scene holds 1 to 4 objects, not {len(items)}")
     scale = geometry_scale(width, height)
-    low, high = SIZE_RANGE_BY_COUNT[len(items)]
+    grid = int(round(GRID * scale))
+    low, high = (v // GRID for v in SIZE_RANGE_BY_COUNT[len(items)])  # in grid units
     for attempt in range(PLACEMENT_ATTEMPTS):
         size_high = high if attempt < PLACEMENT_ATTEMPTS // 2 else low
-        sizes = [int(round(rng.integers(low, size_high + 1) * scale)) for _ in items]
+        sizes = [grid * int(rng.integers(low, size_high + 1)) for _ in items]
         objects = _place_sequentially(rng, items, sizes, width, height, scale, relation)
         if objects is not None:
-            return Scene(width, height, tuple(objects), sample_background(rng))
+            return Scene(width, height, tuple(objects), PLAIN_BACKGROUND)
     raise DataError(f"could not place {len(items)} objects on a {width}x{height} canvas")
 
 
@@ -190,10 +191,12 @@ def free_centers(
     height: int,
     scale: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Centers (x, y arrays) where a box of `size` keeps the margins and gaps to `placed`."""
+    """Centers (x, y arrays) of grid-aligned boxes of `size` that keep the margins and gaps to `placed`."""
+    grid = int(round(GRID * scale))
     margin = int(np.ceil(EDGE_MARGIN * scale))
-    lefts = np.arange(margin, width - margin - size + 1)
-    tops = np.arange(margin, height - margin - size + 1)
+    first = -(-margin // grid) * grid
+    lefts = np.arange(first, width - margin - size + 1, grid)
+    tops = np.arange(first, height - margin - size + 1, grid)
     xs, ys = np.meshgrid(lefts + size / 2, tops + size / 2)
     xs, ys = xs.ravel(), ys.ravel()
     free = np.ones(xs.shape, dtype=bool)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from lumina_mgpt.atomic import write_atomically
 from lumina_mgpt.errors import ImageTokenizerError
-from lumina_mgpt.vision.quantize import quantize_with_losses
+from lumina_mgpt.vision.quantize import lookup, quantize_with_losses
 from lumina_mgpt.vision.tokenizer import ImageTokenizer
 
 TRAINER_STATE_FILE = "trainer_state.pt"
@@ -30,8 +30,11 @@ class TrainSettings:
     learning_rate: float = 2e-3
     warmup_steps: int = 50
     commitment_weight: float = 0.25
-    # Codes unused for this many steps are moved onto random encoder outputs of the current batch.
-    dead_code_window: int = 25
+    # Codes unused for this many steps are moved onto encoder outputs of the current batch, drawn
+    # with probability proportional to their quantization error: onto what the codebook serves
+    # badly, never onto duplicates of an already well-served latent (which would make the choice
+    # between two codes for the same content depend on noise).
+    dead_code_window: int = 100
     save_every: int = 100
     seed: int = 0
 
@@ -105,7 +108,7 @@ class VQTrainer:
 
         used = torch.bincount(codes.flatten(), minlength=self.tokenizer.codebook_size) > 0
         self.steps_since_used = torch.where(used, 0, self.steps_since_used + 1)
-        revived = self._revive_dead_codes(latents.detach())
+        revived = self._revive_dead_codes(latents.detach(), codes)
         self.step += 1
         record = {
             "step": self.step,
@@ -146,12 +149,15 @@ class VQTrainer:
         payload = buffer.getvalue()
         write_atomically(self.output / TRAINER_STATE_FILE, lambda temp: Path(temp).write_bytes(payload))
 
-    def _revive_dead_codes(self, latents: torch.Tensor) -> int:
+    def _revive_dead_codes(self, latents: torch.Tensor, codes: torch.Tensor) -> int:
         dead = torch.nonzero(self.steps_since_used >= self.settings.dead_code_window).flatten()
         if dead.numel() == 0:
             return 0
         vectors = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
-        picks = torch.randint(vectors.shape[0], (dead.numel(),), generator=self.generator)
+        errors = (latents - lookup(codes, self.tokenizer.codebook)).square().sum(1).flatten().float()
+        if errors.sum() <= 0:  # every latent sits on a code: nothing to serve better
+            return 0
+        picks = torch.multinomial(errors, dead.numel(), replacement=True, generator=self.generator)
         codebook = self.tokenizer.codebook
         with torch.no_grad():
             codebook[dead] = vectors[picks].to(codebook.dtype)
