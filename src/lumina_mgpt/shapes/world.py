@@ -3,8 +3,9 @@ on a 4-pixel grid so that objects never touch and spatial relations are unambigu
 
 Why plain and gridded: a VQ turns background tint, gradient and pixel noise, and every sub-patch
 offset of an edge, into different codes, and the language model must then spend its capacity on
-that noise. Here a patch's code depends only on what is drawn in it. (The renderer and the
-analyzer still handle textured backgrounds; `Background` describes both.)
+that noise. With one background and two edge phases per patch there are far fewer distinct
+patches to learn. (The renderer and the analyzer still handle textured backgrounds; `Background`
+describes both.)
 
 Coordinates are pixels with the origin at the top-left; an object's `center` is the center of its
 axis-aligned bounding box of side `size` (triangles point up and fill that box's base).
