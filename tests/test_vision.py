@@ -336,6 +336,30 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path):
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
 
 
+def test_patch_local_codes_depend_only_on_their_own_patch():
+    """With patch_local, changing every pixel outside a patch leaves that patch's code unchanged; the
+    ordinary encoder sees the whole image (its codes move with distant content)."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    local = ImageTokenizer(dataclasses.replace(TINY, patch_local=True)).eval()
+    d = local.downsample
+    image = torch.rand(1, 3, 2 * d, 3 * d) * 2 - 1
+    other = torch.rand(1, 3, 2 * d, 3 * d) * 2 - 1
+    other[..., d : 2 * d, d : 2 * d] = image[..., d : 2 * d, d : 2 * d]  # patch (1, 1) in new surroundings
+    with torch.no_grad():
+        a, b = local.encode_latents(image), local.encode_latents(other)
+    assert a.shape == (1, TINY.embed_dim, 2, 3)
+    torch.testing.assert_close(a[..., 1, 1], b[..., 1, 1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(a[..., 0, 0], b[..., 0, 0])
+    assert local.decode(local.encode(image)).shape == image.shape
+
+    torch.manual_seed(0)
+    ordinary = ImageTokenizer(TINY).eval()
+    with torch.no_grad():
+        assert not torch.allclose(ordinary.encode_latents(image)[..., 1, 1], ordinary.encode_latents(other)[..., 1, 1])
+
+
 def test_dead_codes_move_onto_badly_served_latents_only(tmp_path):
     """Revival targets latents in proportion to their quantization error: a latent that already sits
     on a code never receives a duplicate (which would make its code depend on noise)."""
@@ -355,6 +379,21 @@ def test_dead_codes_move_onto_badly_served_latents_only(tmp_path):
     assert revived == 4
     assert torch.equal(codebook[2:6], torch.full_like(codebook[2:6], 3.0))
     assert torch.equal(codebook[0], torch.zeros_like(codebook[0]))
+
+
+def test_consistency_loss_is_the_re_encoding_cross_entropy(tmp_path):
+    from lumina_mgpt.vision.quantize import code_distances
+
+    latents, codebook = torch.randn(2, 4, 3, 5), torch.randn(7, 4)
+    expected = torch.cdist(latents.permute(0, 2, 3, 1).reshape(-1, 4), codebook).square()
+    got = code_distances(latents, codebook).permute(0, 2, 3, 1).reshape(-1, 7)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+    settings = TrainSettings(steps=1, batch_size=4, consistency_weight=0.5)
+    record = VQTrainer(ImageTokenizer(TINY), _training_images(), settings, tmp_path).train_step()
+    assert record["consistency"] > 0
+    total = record["reconstruction"] + record["vq"] + 0.5 * record["consistency"]
+    assert record["loss"] == pytest.approx(total, rel=1e-5)
 
 
 def test_train_cli_trains_and_reports(tmp_path, capsys):

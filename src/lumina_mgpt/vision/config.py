@@ -30,6 +30,11 @@ class VQConfig:
     attention_levels: tuple[int, ...] = ()
     mid_attention: bool = True
     spatial_norm: bool = False
+    # Encode each downsample x downsample patch on its own, centred in a blank frame: a patch's code
+    # then depends only on its own pixels, never on the rest of the image (GroupNorm statistics and
+    # the encoder's receptive field otherwise spread every object's influence over all codes).
+    # For synthetic, flat-colored domains, where this makes codes a deterministic function of content.
+    patch_local: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
@@ -133,11 +138,18 @@ SMALL = VQConfig(
     mid_attention=False,
 )
 
-PRESETS: dict[str, VQConfig] = {"chameleon": CHAMELEON, "movqgan-270m": MOVQGAN_270M, "small": SMALL}
+# `small` with patch-local encoding, for flat synthetic worlds such as the shapes world: equal
+# patches always get equal codes, so a language model never has to guess encoder noise
+# (experimental: see benchmarks/RESULTS.md for how far it has been trained).
+SHAPES = dataclasses.replace(SMALL, patch_local=True)
+
+PRESETS: dict[str, VQConfig] = {
+    "chameleon": CHAMELEON, "movqgan-270m": MOVQGAN_270M, "small": SMALL, "shapes": SHAPES,
+}
 
 
 def preset(name: str) -> VQConfig:
-    """A named architecture (`chameleon`, `movqgan-270m`, `small`)."""
+    """A named architecture (`chameleon`, `movqgan-270m`, `small`, `shapes`)."""
     if name not in PRESETS:
         raise ImageTokenizerError(f"unknown image tokenizer preset {name!r}; accepted: {', '.join(PRESETS)}")
     return PRESETS[name]

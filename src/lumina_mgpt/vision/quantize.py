@@ -27,6 +27,14 @@ def nearest_codes(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor
     return codes.view(batch, height, width)
 
 
+def code_distances(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Differentiable squared distances (B, K, h, w) from each latent (B, C, h, w) to every code (K, C)."""
+    flat = latents.permute(0, 2, 3, 1).float()
+    table = codebook.float()
+    distances = flat.pow(2).sum(-1, keepdim=True) + table.pow(2).sum(-1) - 2 * flat @ table.t()
+    return distances.permute(0, 3, 1, 2)
+
+
 def lookup(codes: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Codebook vectors for codes (B, h, w) as latents (B, C, h, w)."""
     return codebook[codes].permute(0, 3, 1, 2).contiguous()

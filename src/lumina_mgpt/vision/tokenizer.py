@@ -56,7 +56,17 @@ class ImageTokenizer(torch.nn.Module):
 
     def encode_latents(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pre-quantization latents (B, embed_dim, H/d, W/d) of pixels in [-1, 1]."""
-        return self.model.quant_conv(self.model.encoder(pixels))
+        if not self.config.patch_local:
+            return self.model.quant_conv(self.model.encoder(pixels))
+        # Every d x d patch alone, centred in a blank (mid-gray) frame d/2 wide: the encoder maps the
+        # 2d x 2d frame to 2 x 2 latents, each a quarter on the patch; their mean is its latent.
+        d = self.downsample
+        batch, channels, height, width = pixels.shape
+        rows, cols = height // d, width // d
+        patches = pixels.reshape(batch, channels, rows, d, cols, d).permute(0, 2, 4, 1, 3, 5)
+        framed = torch.nn.functional.pad(patches.reshape(-1, channels, d, d), (d // 2,) * 4)
+        latents = self.model.quant_conv(self.model.encoder(framed)).mean(dim=(2, 3))
+        return latents.reshape(batch, rows, cols, -1).permute(0, 3, 1, 2)
 
     def decode_latents(self, quantized: torch.Tensor) -> torch.Tensor:
         """Pixels (B, 3, H, W), unclamped, from quantized latents (B, embed_dim, h, w)."""

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from lumina_mgpt.atomic import write_atomically
 from lumina_mgpt.errors import ImageTokenizerError
-from lumina_mgpt.vision.quantize import lookup, quantize_with_losses
+from lumina_mgpt.vision.quantize import code_distances, lookup, quantize_with_losses
 from lumina_mgpt.vision.tokenizer import ImageTokenizer
 
 TRAINER_STATE_FILE = "trainer_state.pt"
@@ -35,6 +35,10 @@ class TrainSettings:
     # badly, never onto duplicates of an already well-served latent (which would make the choice
     # between two codes for the same content depend on noise).
     dead_code_window: int = 100
+    # Weight of a re-encoding loss: the reconstruction, encoded again, must fall in its own code's
+    # cell (cross-entropy over negative squared distances to the codebook), so that
+    # encode(decode(codes)) returns the codes.
+    consistency_weight: float = 0.1
     save_every: int = 100
     seed: int = 0
 
@@ -102,6 +106,11 @@ class VQTrainer:
         reconstruction = self.tokenizer.decode_latents(quantized)
         reconstruction_loss = F.mse_loss(reconstruction, batch) + F.l1_loss(reconstruction, batch)
         loss = reconstruction_loss + vq_loss
+        consistency = torch.zeros(())
+        if self.settings.consistency_weight:
+            again = self.tokenizer.encode_latents(reconstruction.clamp(-1.0, 1.0))
+            consistency = F.cross_entropy(-code_distances(again, self.tokenizer.codebook), codes)
+            loss = loss + self.settings.consistency_weight * consistency
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -115,6 +124,7 @@ class VQTrainer:
             "loss": loss.item(),
             "reconstruction": reconstruction_loss.item(),
             "vq": vq_loss.item(),
+            "consistency": consistency.item(),
             "codes_in_batch": int(used.sum()),
             "revived": revived,
         }

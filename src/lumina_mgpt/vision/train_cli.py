@@ -25,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="total optimizer steps (default: 1500; on resume: as saved)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument(
+        "--consistency-weight", type=float, default=0.1,
+        help="weight of the re-encoding loss that makes encode(decode(codes)) return the codes (default: %(default)s)",
+    )
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -85,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             steps=args.steps or TrainSettings.steps,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
+            consistency_weight=args.consistency_weight,
             save_every=args.save_every,
             seed=args.seed,
         )
