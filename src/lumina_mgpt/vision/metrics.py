@@ -1,4 +1,4 @@
-"""Reconstruction quality: PSNR, SSIM (Wang et al. 2004, Gaussian window) and code stability."""
+"""Reconstruction quality: PSNR, SSIM (Wang et al. 2004, Gaussian window) and round-trip stability."""
 
 from __future__ import annotations
 
@@ -41,25 +41,25 @@ def ssim(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
     return score.flatten(1).mean(dim=1)
 
 
-def code_stability(tokenizer, codes: torch.Tensor) -> float:
-    """Fraction of codes that survive decode -> encode unchanged."""
-    return (tokenizer.encode(tokenizer.decode(codes)) == codes.to(tokenizer.codebook.device)).float().mean().item()
-
-
 @torch.inference_mode()
 def evaluate_reconstruction(tokenizer, pixels: torch.Tensor, batch_size: int = 32) -> dict[str, float]:
-    """Mean PSNR, SSIM and code stability of encode -> decode over (N, 3, H, W) pixels in [-1, 1]."""
-    psnrs, ssims, stable = [], [], []
+    """Over (N, 3, H, W) pixels in [-1, 1]: mean PSNR and SSIM of encode -> decode; the share of codes
+    that survive decode -> encode unchanged; and the PSNR between the decoded image and its own
+    re-encoded decode (how much a second round trip changes a picture, whatever the code ids)."""
+    psnrs, ssims, round_trips, stable = [], [], [], []
     for start in range(0, pixels.shape[0], batch_size):
         batch = pixels[start : start + batch_size]
         codes = tokenizer.encode(batch)
-        decoded = tokenizer.decode(codes).cpu()
-        psnrs.append(psnr(batch, decoded))
-        ssims.append(ssim(batch, decoded))
-        stable.append(code_stability(tokenizer, codes) * batch.shape[0])
+        decoded = tokenizer.decode(codes)
+        again = tokenizer.encode(decoded)
+        psnrs.append(psnr(batch, decoded.cpu()))
+        ssims.append(ssim(batch, decoded.cpu()))
+        round_trips.append(psnr(decoded.cpu(), tokenizer.decode(again).cpu()))
+        stable.append((again == codes).float().mean().item() * batch.shape[0])
     return {
         "psnr": torch.cat(psnrs).mean().item(),
         "ssim": torch.cat(ssims).mean().item(),
         "code_stability": sum(stable) / pixels.shape[0],
+        "round_trip_psnr": torch.cat(round_trips).mean().item(),
         "images": pixels.shape[0],
     }

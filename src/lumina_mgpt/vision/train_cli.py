@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     write_text_atomically(args.output / "eval.json", text)
     print(
         f"held-out {report['images']} crops of {args.eval_size}px: PSNR {report['psnr']:.2f} dB, "
-        f"SSIM {report['ssim']:.4f}, codes stable under decode->encode {report['code_stability']:.1%}"
+        f"SSIM {report['ssim']:.4f}, codes stable under decode->encode {report['code_stability']:.1%}, "
+        f"second round trip PSNR {report['round_trip_psnr']:.2f} dB"
     )
     return 0
