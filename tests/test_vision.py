@@ -354,6 +354,14 @@ def test_patch_local_codes_depend_only_on_their_own_patch():
     assert not torch.allclose(a[..., 0, 0], b[..., 0, 0])
     assert local.decode(local.encode(image)).shape == image.shape
 
+    # Repeated patches are encoded once; the result equals the gradient path, which encodes each.
+    image[..., :, 2 * d :] = image[..., :, :d]
+    with torch.no_grad():
+        deduplicated = local.encode_latents(image)
+    every_patch = local.encode_latents(image.clone().requires_grad_(True)).detach()
+    torch.testing.assert_close(deduplicated, every_patch, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(deduplicated[..., 2], deduplicated[..., 0], rtol=0, atol=0)
+
     torch.manual_seed(0)
     ordinary = ImageTokenizer(TINY).eval()
     with torch.no_grad():
@@ -379,6 +387,35 @@ def test_dead_codes_move_onto_badly_served_latents_only(tmp_path):
     assert revived == 4
     assert torch.equal(codebook[2:6], torch.full_like(codebook[2:6], 3.0))
     assert torch.equal(codebook[0], torch.zeros_like(codebook[0]))
+
+
+def test_kmeans_recovers_separated_clusters_and_uses_every_centroid():
+    from lumina_mgpt.vision.quantize import kmeans, nearest_codes
+
+    generator = torch.Generator().manual_seed(0)
+    centers = torch.randn(6, 3, generator=generator) * 20
+    points = centers.repeat_interleave(50, 0) + 0.1 * torch.randn(300, 3, generator=generator)
+    found = kmeans(points, 6, iterations=10, generator=generator)
+    distance_to_truth = torch.cdist(centers, found).min(dim=1).values
+    assert distance_to_truth.max() < 0.1
+    # More centroids than clusters: the spare ones are moved onto points, none is left empty.
+    spare = kmeans(points, 12, iterations=10, generator=generator)
+    used = nearest_codes(points[:, :, None, None], spare).unique()
+    assert used.numel() == 12
+
+
+def test_autoencoder_warmup_then_kmeans_codebook(tmp_path):
+    """During the warmup nothing is quantized; at its end the codebook is k-means centroids of the
+    encoder's distinct latents, so (almost) every code serves some patch from the first VQ step on."""
+    settings = TrainSettings(steps=3, batch_size=4, autoencoder_warmup=2, kmeans_samples=256)
+    trainer = VQTrainer(ImageTokenizer(TINY), _training_images(), settings, tmp_path)
+    before = trainer.tokenizer.codebook.detach().clone()
+    warm = [trainer.train_step() for _ in range(2)]
+    assert all(r["vq"] == 0 and r["codes_in_batch"] == 0 for r in warm)
+    assert torch.equal(trainer.tokenizer.codebook, before)
+    record = trainer.train_step()
+    assert not torch.equal(trainer.tokenizer.codebook, before)
+    assert record["codes_in_batch"] > 0.5 * min(TINY.codebook_size, 4 * 16)
 
 
 def test_consistency_loss_is_the_re_encoding_cross_entropy(tmp_path):

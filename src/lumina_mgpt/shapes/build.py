@@ -31,6 +31,8 @@ BPE_VOCAB = 512
 PIXELS_PER_INDICATOR = 16
 MAX_INDICATOR = 16  # 256 px: four times the largest canvas
 IMAGE_TOP_K = 128
+VQ_IMAGES = 4000
+VQ_AUTOENCODER_WARMUP = 400
 
 
 def log(message: str) -> None:
@@ -70,22 +72,26 @@ def train_image_tokenizer(work: Path, steps: int, seed: int) -> None:
 
     from lumina_mgpt.vision import ImageTokenizer
     from lumina_mgpt.vision.config import preset
-    from lumina_mgpt.vision.data import folder_images, random_crops
+    from lumina_mgpt.vision.data import folder_images
+    from lumina_mgpt.vision.pixels import images_to_tensor
     from lumina_mgpt.vision.train import TrainSettings, VQTrainer
 
     target = work / "assets" / "image_tokenizer"
     if (target / "config.json").is_file() and not (work / "vq-run").exists():
         return
-    images = folder_images(work / "data-64" / "images")[:4000]
-    crops = random_crops(images, count=4096, size=32, generator=torch.Generator().manual_seed(seed))
+    # Whole 48 px renders, not rescaled crops: objects sit on the world's grid exactly as they will
+    # when the language model's data is encoded, so the codebook is spent on patches that occur.
+    images = images_to_tensor(folder_images(work / "data-48" / "images")[:VQ_IMAGES])
     run = work / "vq-run"
     if (run / "trainer_state.pt").is_file():
-        trainer = VQTrainer.resume(run, crops, steps=steps)
+        trainer = VQTrainer.resume(run, images, steps=steps)
     else:
         torch.manual_seed(seed)
-        settings = TrainSettings(steps=steps, batch_size=32, seed=seed)
-        trainer = VQTrainer(ImageTokenizer(preset("small")), crops, settings, run)
-    log(f"training the VQ image tokenizer for {steps} steps (from step {trainer.step})")
+        settings = TrainSettings(
+            steps=steps, batch_size=16, dead_code_window=50, autoencoder_warmup=VQ_AUTOENCODER_WARMUP, seed=seed
+        )
+        trainer = VQTrainer(ImageTokenizer(preset("shapes")), images, settings, run)
+    log(f"training the patch-local VQ image tokenizer for {steps} steps (from step {trainer.step})")
     trainer.run()
     ImageTokenizer.from_pretrained(run).save_pretrained(target)
     shutil.rmtree(run)
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples-48", type=int, default=20000, help="stage-1 examples (48x48)")
     parser.add_argument("--samples-64", type=int, default=60000, help="stage-2 examples (64x64, 80x48, 48x80)")
-    parser.add_argument("--vq-steps", type=int, default=3000, help="VQ training steps")
+    parser.add_argument("--vq-steps", type=int, default=3500, help="VQ training steps")
     parser.add_argument("--max-steps", type=int, help="stop training after this many steps (resume later)")
     parser.add_argument("--device", help="training device (default: CUDA when present)")
     parser.add_argument("--seed", type=int, default=0)

@@ -138,9 +138,9 @@ SMALL = VQConfig(
     mid_attention=False,
 )
 
-# `small` with patch-local encoding, for flat synthetic worlds such as the shapes world: equal
-# patches always get equal codes, so a language model never has to guess encoder noise
-# (experimental: see benchmarks/RESULTS.md for how far it has been trained).
+# `small` with patch-local encoding, the embedded model's tokenizer: in flat synthetic worlds such
+# as the shapes world equal patches always get equal codes, so a language model never has to guess
+# encoder noise. Train it with an autoencoder warmup (TrainSettings.autoencoder_warmup).
 SHAPES = dataclasses.replace(SMALL, patch_local=True)
 
 PRESETS: dict[str, VQConfig] = {

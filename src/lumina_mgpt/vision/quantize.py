@@ -50,3 +50,33 @@ def quantize_with_losses(
     commitment_loss = torch.nn.functional.mse_loss(latents, quantized.detach())
     straight_through = latents + (quantized - latents).detach()
     return straight_through, codes, codebook_loss + commitment_weight * commitment_loss
+
+
+def kmeans(vectors: torch.Tensor, clusters: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
+    """Lloyd's k-means on rows of `vectors` (N, C): (clusters, C) centroids, float32.
+
+    Seeded by k-means++ (each new centroid drawn with probability proportional to its squared
+    distance from the chosen ones), so separated groups each get a centroid; a cluster that empties
+    is moved onto the row served worst, so every centroid ends up used (the point of initializing a
+    codebook this way)."""
+    data = vectors.float()
+    first = int(torch.randint(data.shape[0], (1,), generator=generator))
+    centroids = data[first].repeat(clusters, 1)
+    nearest = (data - centroids[0]).square().sum(1)
+    for index in range(1, clusters):
+        if nearest.sum() <= 0:  # fewer distinct rows than clusters: the rest stay duplicates for now
+            break
+        pick = int(torch.multinomial(nearest, 1, generator=generator))
+        centroids[index] = data[pick]
+        nearest = torch.minimum(nearest, (data - data[pick]).square().sum(1))
+    for _ in range(iterations):
+        assignment = nearest_codes(data[:, :, None, None], centroids).flatten()
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, data)
+        counts = torch.bincount(assignment, minlength=clusters)
+        filled = counts > 0
+        centroids[filled] = sums[filled] / counts[filled, None]
+        empty = torch.nonzero(~filled).flatten()
+        if empty.numel():
+            errors = (data - centroids[assignment]).square().sum(1)
+            centroids[empty] = data[errors.topk(min(empty.numel(), data.shape[0])).indices[: empty.numel()]]
+    return centroids

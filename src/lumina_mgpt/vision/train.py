@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from lumina_mgpt.atomic import write_atomically
 from lumina_mgpt.errors import ImageTokenizerError
-from lumina_mgpt.vision.quantize import code_distances, lookup, quantize_with_losses
+from lumina_mgpt.vision.quantize import code_distances, kmeans, lookup, quantize_with_losses
 from lumina_mgpt.vision.tokenizer import ImageTokenizer
 
 TRAINER_STATE_FILE = "trainer_state.pt"
@@ -39,6 +39,11 @@ class TrainSettings:
     # cell (cross-entropy over negative squared distances to the codebook), so that
     # encode(decode(codes)) returns the codes.
     consistency_weight: float = 0.1
+    # Steps trained as a plain autoencoder (no quantization) before the codebook is set by k-means
+    # on the encoder's latents. Without it a patch-local encoder collapses onto one or two codes,
+    # which dead-code revival cannot undo: the encoder has not yet learned latents worth telling apart.
+    autoencoder_warmup: int = 0
+    kmeans_samples: int = 16384
     save_every: int = 100
     seed: int = 0
 
@@ -99,6 +104,10 @@ class VQTrainer:
 
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
+        if self.step < self.settings.autoencoder_warmup:
+            return self._autoencoder_step(batch)
+        if self.settings.autoencoder_warmup and self.step == self.settings.autoencoder_warmup:
+            self._init_codebook_by_kmeans()
         latents = self.tokenizer.encode_latents(batch)
         quantized, codes, vq_loss = quantize_with_losses(
             latents, self.tokenizer.codebook, self.settings.commitment_weight
@@ -130,6 +139,32 @@ class VQTrainer:
         }
         self.history.append(record)
         return record
+
+    def _autoencoder_step(self, batch: torch.Tensor) -> dict[str, float]:
+        reconstruction = self.tokenizer.decode_latents(self.tokenizer.encode_latents(batch))
+        loss = F.mse_loss(reconstruction, batch) + F.l1_loss(reconstruction, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        record = {"step": self.step, "loss": loss.item(), "reconstruction": loss.item(), "vq": 0.0,
+                  "consistency": 0.0, "codes_in_batch": 0, "revived": 0}  # fmt: skip
+        self.history.append(record)
+        return record
+
+    @torch.no_grad()
+    def _init_codebook_by_kmeans(self) -> None:
+        vectors, count = [], 0
+        while count < self.settings.kmeans_samples:
+            indices = torch.randint(self.images.shape[0], (self.settings.batch_size,), generator=self.generator)
+            latents = self.tokenizer.encode_latents(self.images[indices])
+            vectors.append(latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1]))
+            count += vectors[-1].shape[0]
+        # Distinct latents only: a flat background would otherwise claim most of the centroids.
+        distinct = torch.unique(torch.cat(vectors), dim=0)
+        codebook = self.tokenizer.codebook
+        centroids = kmeans(distinct, codebook.shape[0], iterations=20, generator=self.generator)
+        codebook.copy_(centroids.to(codebook.dtype))
 
     def run(self, progress: bool = True) -> list[dict[str, float]]:
         """Train up to `settings.steps`, saving every `save_every` steps and at the end."""

@@ -29,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--consistency-weight", type=float, default=0.1,
         help="weight of the re-encoding loss that makes encode(decode(codes)) return the codes (default: %(default)s)",
     )
+    parser.add_argument(
+        "--autoencoder-warmup", type=int, default=0,
+        help="train this many steps unquantized, then set the codebook by k-means on the latents "
+        "(needed by patch-local presets such as `shapes`, which otherwise collapse onto a few codes)",
+    )
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -90,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
             consistency_weight=args.consistency_weight,
+            autoencoder_warmup=args.autoencoder_warmup,
             save_every=args.save_every,
             seed=args.seed,
         )
