@@ -45,7 +45,9 @@ def random_setup(args):
         quantize_model(model, args.quant)
     rng = np.random.default_rng(0)
     prompts = [list(rng.integers(0, 30000, 40)) + [layout.separator_id] for _ in range(args.images)]
-    settings = GenerationSettings(image=SamplingSettings(temperature=1.0, top_k=args.top_k), cfg=args.cfg)
+    settings = GenerationSettings(
+        image=SamplingSettings(temperature=1.0, top_k=args.top_k or 2000), cfg=4.0 if args.cfg is None else args.cfg
+    )
     description = f"random {config.num_parameters / 1e6:.0f}M model, head x{args.logit_scale}"
     return Engine(model, layout), layout, prompts, settings, description
 
@@ -93,8 +95,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1,
                         help="prompts per call; a batch runs until its slowest row is done")
     parser.add_argument("--windows", type=int, nargs="+", default=[4, 8, 16])
-    parser.add_argument("--cfg", type=float, default=4.0)
-    parser.add_argument("--top-k", type=int, default=2000)
+    parser.add_argument("--cfg", type=float, help="default: the model's own; 4.0 for a random model")
+    parser.add_argument("--top-k", type=int, help="default: the model's own; 2000 for a random model")
     parser.add_argument("--logit-scale", type=float, default=1.0, help="random model only: multiply the head")
     args = parser.parse_args()
 
@@ -102,7 +104,8 @@ def main() -> None:
     engine, layout, prompts, settings, description = model_setup(args) if args.model else random_setup(args)
     rows, cols = grid_shape(args.size, args.size, layout)
     print(f"{description}; device {args.device}; quant {args.quant or 'none'}; {args.size}x{args.size} = "
-          f"{rows * (cols + 1) + 1} tokens; cfg {settings.cfg}, top-k {settings.image.top_k}; "
+          f"{rows * (cols + 1) + 1} tokens; cfg {settings.cfg}, top-k {settings.image.top_k}, "
+          f"temperature {settings.image.temperature}; "
           f"{args.images} images, batch {args.batch}")
     # Warm-up (compilation and CUDA graphs on CUDA) for every mode, then the measured runs.
     for window in [None, *args.windows]:

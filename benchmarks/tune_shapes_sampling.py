@@ -1,6 +1,6 @@
-"""Choose a shapes model's sampling defaults (CFG scale, image top-k) on validation prompts.
+"""Choose a shapes model's sampling defaults (CFG scale, image top-k, temperature) on validation prompts.
 
-    python benchmarks/tune_shapes_sampling.py --model runs/shapes/export --cfg 2 4 6 --top-k 32 128
+    python benchmarks/tune_shapes_sampling.py --model runs/shapes/export --cfg 2 4 6 --top-k 32 128 --temperature 0.8 1
 
 The validation prompts are drawn like ShapesEval's (same categories, shares and canvas sizes) from
 another seed, with every held-out caption removed, so the held-out set is never used for tuning.
@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--model", help="model folder (default: the embedded model)")
     parser.add_argument("--cfg", type=float, nargs="+", default=[4.0])
     parser.add_argument("--top-k", type=int, nargs="+", default=[128])
+    parser.add_argument("--temperature", type=float, nargs="+", default=[1.0])
     parser.add_argument("--prompts", type=int, default=120, help="validation prompts per setting")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed of the first image")
     args = parser.parse_args()
@@ -33,20 +34,21 @@ def main() -> None:
     prompts = limit_prompts(candidates, args.prompts)
     pipe = Pipeline.from_pretrained(args.model)
     print(f"{len(prompts)} validation prompts (none held out)")
-    print("| cfg | top-k | overall | seconds |")
-    print("|---|---|---|---|")
-    for cfg, top_k in itertools.product(args.cfg, args.top_k):
+    print("| cfg | top-k | temperature | overall | seconds |")
+    print("|---|---|---|---|---|")
+    for cfg, top_k, temperature in itertools.product(args.cfg, args.top_k, args.temperature):
         generated = 0
 
         def generate(captions, width, height):
             nonlocal generated
             seed = args.seed + generated
             generated += len(captions)
-            return pipe.generate(captions, width=width, height=height, cfg=cfg, top_k=top_k, seed=seed, progress=False)
+            return pipe.generate(captions, width=width, height=height, cfg=cfg, top_k=top_k, temperature=temperature, seed=seed,
+                                 progress=False)
 
         start = time.perf_counter()
         report = evaluate(generate, prompts)
-        print(f"| {cfg:g} | {top_k} | {report.overall:.3f} | {time.perf_counter() - start:.0f} |", flush=True)
+        print(f"| {cfg:g} | {top_k} | {temperature:g} | {report.overall:.3f} | {time.perf_counter() - start:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
