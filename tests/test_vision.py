@@ -402,6 +402,9 @@ def test_kmeans_recovers_separated_clusters_and_uses_every_centroid():
     spare = kmeans(points, 12, iterations=10, generator=generator)
     used = nearest_codes(points[:, :, None, None], spare).unique()
     assert used.numel() == 12
+    # Fewer distinct rows than centroids (a small world's patches): every row still gets its own.
+    few = kmeans(centers, 10, iterations=3, generator=generator)
+    assert torch.cdist(centers, few).min(dim=1).values.max() == 0
 
 
 def test_autoencoder_warmup_then_kmeans_codebook(tmp_path):

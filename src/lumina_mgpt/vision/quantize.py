@@ -57,8 +57,8 @@ def kmeans(vectors: torch.Tensor, clusters: int, iterations: int, generator: tor
 
     Seeded by k-means++ (each new centroid drawn with probability proportional to its squared
     distance from the chosen ones), so separated groups each get a centroid; a cluster that empties
-    is moved onto the row served worst, so every centroid ends up used (the point of initializing a
-    codebook this way)."""
+    is moved onto the row served worst, so every centroid ends up used when there are at least as
+    many distinct rows as clusters (the point of initializing a codebook this way)."""
     data = vectors.float()
     first = int(torch.randint(data.shape[0], (1,), generator=generator))
     centroids = data[first].repeat(clusters, 1)
@@ -77,6 +77,7 @@ def kmeans(vectors: torch.Tensor, clusters: int, iterations: int, generator: tor
         centroids[filled] = sums[filled] / counts[filled, None]
         empty = torch.nonzero(~filled).flatten()
         if empty.numel():
-            errors = (data - centroids[assignment]).square().sum(1)
-            centroids[empty] = data[errors.topk(min(empty.numel(), data.shape[0])).indices[: empty.numel()]]
+            worst_first = (data - centroids[assignment]).square().sum(1).argsort(descending=True)
+            # (with fewer rows than clusters some centroids must share a row)
+            centroids[empty] = data[worst_first[torch.arange(empty.numel()) % worst_first.numel()]]
     return centroids
