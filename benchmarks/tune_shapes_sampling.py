@@ -43,12 +43,15 @@ def main() -> None:
             nonlocal generated
             seed = args.seed + generated
             generated += len(captions)
-            return pipe.generate(captions, width=width, height=height, cfg=cfg, top_k=top_k, temperature=temperature, seed=seed,
-                                 progress=False)
+            return pipe.generate(
+                captions, width=width, height=height, cfg=cfg, top_k=top_k, temperature=temperature, seed=seed,
+                progress=False,
+            )
 
         start = time.perf_counter()
         report = evaluate(generate, prompts)
-        print(f"| {cfg:g} | {top_k} | {temperature:g} | {report.overall:.3f} | {time.perf_counter() - start:.0f} |", flush=True)
+        seconds = time.perf_counter() - start
+        print(f"| {cfg:g} | {top_k} | {temperature:g} | {report.overall:.3f} | {seconds:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -104,19 +104,20 @@ class VQTrainer:
 
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
-        if self.step < self.settings.autoencoder_warmup:
-            return self._autoencoder_step(batch)
+        quantizing = self.step >= self.settings.autoencoder_warmup
         if self.settings.autoencoder_warmup and self.step == self.settings.autoencoder_warmup:
             self._init_codebook_by_kmeans()
         latents = self.tokenizer.encode_latents(batch)
-        quantized, codes, vq_loss = quantize_with_losses(
-            latents, self.tokenizer.codebook, self.settings.commitment_weight
-        )
+        quantized, codes, vq_loss = latents, None, torch.zeros(())
+        if quantizing:
+            quantized, codes, vq_loss = quantize_with_losses(
+                latents, self.tokenizer.codebook, self.settings.commitment_weight
+            )
         reconstruction = self.tokenizer.decode_latents(quantized)
         reconstruction_loss = F.mse_loss(reconstruction, batch) + F.l1_loss(reconstruction, batch)
         loss = reconstruction_loss + vq_loss
         consistency = torch.zeros(())
-        if self.settings.consistency_weight:
+        if quantizing and self.settings.consistency_weight:
             again = self.tokenizer.encode_latents(reconstruction.clamp(-1.0, 1.0))
             consistency = F.cross_entropy(-code_distances(again, self.tokenizer.codebook), codes)
             loss = loss + self.settings.consistency_weight * consistency
@@ -124,9 +125,11 @@ class VQTrainer:
         loss.backward()
         self.optimizer.step()
 
-        used = torch.bincount(codes.flatten(), minlength=self.tokenizer.codebook_size) > 0
-        self.steps_since_used = torch.where(used, 0, self.steps_since_used + 1)
-        revived = self._revive_dead_codes(latents.detach(), codes)
+        codes_in_batch, revived = 0, 0
+        if quantizing:
+            used = torch.bincount(codes.flatten(), minlength=self.tokenizer.codebook_size) > 0
+            self.steps_since_used = torch.where(used, 0, self.steps_since_used + 1)
+            codes_in_batch, revived = int(used.sum()), self._revive_dead_codes(latents.detach(), codes)
         self.step += 1
         record = {
             "step": self.step,
@@ -134,21 +137,9 @@ class VQTrainer:
             "reconstruction": reconstruction_loss.item(),
             "vq": vq_loss.item(),
             "consistency": consistency.item(),
-            "codes_in_batch": int(used.sum()),
+            "codes_in_batch": codes_in_batch,
             "revived": revived,
         }
-        self.history.append(record)
-        return record
-
-    def _autoencoder_step(self, batch: torch.Tensor) -> dict[str, float]:
-        reconstruction = self.tokenizer.decode_latents(self.tokenizer.encode_latents(batch))
-        loss = F.mse_loss(reconstruction, batch) + F.l1_loss(reconstruction, batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.step += 1
-        record = {"step": self.step, "loss": loss.item(), "reconstruction": loss.item(), "vq": 0.0,
-                  "consistency": 0.0, "codes_in_batch": 0, "revived": 0}  # fmt: skip
         self.history.append(record)
         return record
 
