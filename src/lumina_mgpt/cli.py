@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from lumina_mgpt.errors import LuminaError
@@ -19,6 +20,15 @@ VERBS: dict[str, tuple[str, str]] = {
     "pretokenize": ("lumina_mgpt.data.pretokenize_cli", "turn a data set into token shards for training"),
     "train": ("lumina_mgpt.training.cli", "train or fine-tune a model from a TOML recipe"),
 }
+
+# Warnings that optional dependencies log while being imported, about features this project does not
+# use (torchao's prebuilt CUDA/other-Python kernels, diffusers' torchao checkpoint support, a torch
+# deprecation inside torchao). Commands quiet them; the library itself leaves logging alone.
+_IMPORT_NOISE_LOGGERS = (
+    "torchao",
+    "torch.utils._pytree",
+    "diffusers.quantizers.torchao.torchao_quantizer",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +50,8 @@ def _load(module_name: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for name in _IMPORT_NOISE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return int(_load(args._module).run(args) or 0)
     except LuminaError as error:
