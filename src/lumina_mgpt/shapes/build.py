@@ -5,7 +5,7 @@
 3. train the small VQ on crops of the renders,
 4. write the project assets (tokenizer.json, image_tokenizer/, lumina.json with the layout),
 5. `lumina pretokenize` each data set at its stage's target size,
-6. `lumina train recipes/shapes.toml` (two stages of growing canvas size, as in FP-SFT),
+6. `lumina train recipes/shapes.toml` (stages of growing canvas size, as in FP-SFT),
 7. export the final model, in bf16, into the package (src/lumina_mgpt/assets/shapes-model).
 
     python -m lumina_mgpt.shapes.build            # from the repository root; see --help
