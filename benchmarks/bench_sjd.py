@@ -20,6 +20,7 @@ import torch
 
 from lumina_mgpt.formats import get_layout, grid_shape
 from lumina_mgpt.generation.engine import Engine, GenerationSettings
+from lumina_mgpt.generation.pipeline import FAMILY_DEFAULTS, Pipeline
 from lumina_mgpt.generation.sampling import SamplingSettings
 from lumina_mgpt.model import ModelConfig, Transformer, quantize_model
 
@@ -45,8 +46,12 @@ def random_setup(args):
         quantize_model(model, args.quant)
     rng = np.random.default_rng(0)
     prompts = [list(rng.integers(0, 30000, 40)) + [layout.separator_id] for _ in range(args.images)]
+    official = FAMILY_DEFAULTS["lumina-mgpt"]  # the random model is v1-shaped
     settings = GenerationSettings(
-        image=SamplingSettings(temperature=1.0, top_k=args.top_k or 2000), cfg=4.0 if args.cfg is None else args.cfg
+        image=SamplingSettings(
+            temperature=official["temperature"], top_k=official["image_top_k"] if args.top_k is None else args.top_k
+        ),
+        cfg=official["cfg"] if args.cfg is None else args.cfg,
     )
     description = f"random {config.num_parameters / 1e6:.0f}M model, head x{args.logit_scale}"
     return Engine(model, layout), layout, prompts, settings, description
@@ -54,8 +59,6 @@ def random_setup(args):
 
 def model_setup(args):
     """A model folder through the Pipeline: its layout, its prompts, its sampling defaults."""
-    from lumina_mgpt.generation.pipeline import Pipeline
-
     pipe = Pipeline.from_pretrained(args.model, device=args.device, quant=args.quant)
     texts = [PROMPTS[i % len(PROMPTS)] for i in range(args.images)]
     prompts = [list(pipe.prompt_ids(text, args.size, args.size)) for text in texts]
