@@ -31,8 +31,8 @@ BPE_VOCAB = 512
 PIXELS_PER_INDICATOR = 16
 MAX_INDICATOR = 16  # 256 px: four times the largest canvas
 IMAGE_TOP_K = 128
-# Chosen on validation prompts (none held out) with benchmarks/tune_shapes_sampling.py: CFG 2-3 at
-# temperature 0.3-0.5 form a plateau (0.74-0.77); CFG 4 or temperature 1 score 0.59-0.68.
+# Chosen on validation prompts (none held out) with benchmarks/tune_shapes_sampling.py, on v1 and again
+# on v2 (best of CFG 2-3.5 x temperature 0.3-0.7: 0.840; CFG 3.5 scores 0.67; RESULTS.md has the grids).
 SAMPLING_CFG = 2.5
 SAMPLING_TEMPERATURE = 0.5
 VQ_IMAGES = 3000
