@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import json
 import pickle
 
 import numpy as np
@@ -304,6 +305,42 @@ def test_psnr_and_ssim_agree_with_scikit_image():
     assert ssim(reference, noisy).item() == pytest.approx(expected, abs=1e-4)
 
 
+class _LevelTokenizer:
+    """Codes = each pixel's nearest of `levels` gray levels, one code per pixel (stand-in for a VQ)."""
+
+    def __init__(self, levels: torch.Tensor, drift: float = 0.0):
+        self.levels, self.drift = levels, drift
+
+    def encode(self, pixels):
+        return (pixels[:, :1, :, :, None] - self.levels).abs().argmin(-1)[:, 0]
+
+    def decode(self, codes):  # drift: decoded pixels shift up, so re-encoding may cross to the next level
+        return (self.levels[codes] + self.drift).clamp(-1, 1)[:, None].expand(-1, 3, -1, -1)
+
+
+def test_evaluate_reconstruction_measures_round_trips():
+    from lumina_mgpt.vision.metrics import evaluate_reconstruction
+
+    generator = torch.Generator().manual_seed(0)
+    gray = torch.rand(6, 1, 12, 12, generator=generator) * 2 - 1
+    pixels = gray.expand(-1, 3, -1, -1)
+    levels = torch.linspace(-1, 1, 5)
+    exact = evaluate_reconstruction(_LevelTokenizer(levels), pixels, batch_size=4)
+    decoded = levels[_LevelTokenizer(levels).encode(pixels)][:, None].expand(-1, 3, -1, -1)
+    assert exact["psnr"] == pytest.approx(psnr(pixels, decoded).mean().item(), rel=1e-6)
+    assert exact["code_stability"] == 1.0 and exact["round_trip_psnr"] == pytest.approx(120.0)
+
+    # A drift of 0.3 (more than half the 0.5 level spacing) moves every code up one level on re-encoding,
+    # except at the top level, which the clamp keeps in place.
+    drifting = _LevelTokenizer(levels, drift=0.3)
+    codes = drifting.encode(pixels)
+    report = evaluate_reconstruction(drifting, pixels, batch_size=4)
+    assert report["code_stability"] == pytest.approx((codes == 4).float().mean().item())
+    again = drifting.encode(drifting.decode(codes))
+    pooled = ((drifting.decode(codes) - drifting.decode(again)) / 2).pow(2).mean()
+    assert report["round_trip_psnr"] == pytest.approx(-10 * torch.log10(pooled).item(), rel=1e-5)
+
+
 # ---- training ---------------------------------------------------------------------------------
 
 
@@ -333,6 +370,29 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path):
             interrupted.save()
     assert (tmp_path / "part" / TRAINER_STATE_FILE).is_file()
     resumed = VQTrainer.resume(tmp_path / "part", images).run(progress=False)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+
+
+def test_mixed_crop_sizes_cover_equal_pixels_per_step_and_resume_only_on_the_same_crops(tmp_path):
+    from lumina_mgpt.vision.data import random_crops, skimage_photos
+
+    photos = skimage_photos(("astronaut",))
+    small, large = (random_crops(photos, 8, size, torch.Generator().manual_seed(size)) for size in (16, 32))
+    settings = TrainSettings(steps=4, batch_size=8, warmup_steps=1, save_every=2)
+    torch.manual_seed(0)
+    trainer = VQTrainer(ImageTokenizer(TINY), [small, large], settings, tmp_path / "run")
+    shapes = {tuple(trainer.sample_batch().shape) for _ in range(40)}
+    assert shapes == {(8, 3, 16, 16), (2, 3, 32, 32)}  # 4x the pixels per crop, a quarter of the crops
+
+    full = trainer.run(progress=False)
+    with pytest.raises(ImageTokenizerError, match="resume with the same crop sizes"):
+        VQTrainer.resume(tmp_path / "run", [small])
+    torch.manual_seed(0)
+    partial = VQTrainer(ImageTokenizer(TINY), [small, large], settings, tmp_path / "part")
+    for _ in range(40):
+        partial.sample_batch()  # the same draws as above, so the two runs share one random stream
+    partial.train_step(), partial.train_step(), partial.save()
+    resumed = VQTrainer.resume(tmp_path / "part", [small, large]).run(progress=False)
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
 
 
@@ -449,6 +509,8 @@ def test_train_cli_trains_and_reports(tmp_path, capsys):
     )  # fmt: skip
     assert train_cli.run(args) == 0
     assert "held-out 64 crops of 16px: PSNR" in capsys.readouterr().out
+    report = json.loads((tmp_path / "vq" / "eval.json").read_text())
+    assert report["steps"] == 2 and set(report["held_out"]) == {"16px"}
     assert ImageTokenizer.from_pretrained(tmp_path / "vq").codebook_size == 64
     state = torch.load(tmp_path / "vq" / TRAINER_STATE_FILE, weights_only=True)
     assert state["settings"]["batch_size"] == 4 and state["step"] == 2
@@ -461,6 +523,23 @@ def test_train_cli_trains_and_reports(tmp_path, capsys):
     assert train_cli.run(finetune) == 0
     original = ImageTokenizer.from_pretrained(tmp_path / "vq")
     assert ImageTokenizer.from_pretrained(tmp_path / "ft").config == original.config
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [(["--eval-size", "8"], "SSIM needs at least 11 px"), (["--crop-size", "16", "20"], r"crop sizes \[20\] are not multiples")],
+)
+def test_train_cli_refuses_sizes_it_cannot_use(tmp_path, options, message):
+    import argparse
+
+    from lumina_mgpt.vision import train_cli
+
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    args = parser.parse_args(["--skimage-photos", "--output", str(tmp_path / "vq"), "--crops", "4", *options])
+    with pytest.raises(ImageTokenizerError, match=message):
+        train_cli.run(args)
+    assert not (tmp_path / "vq").exists()  # refused before any training
 
 
 # ---- full size --------------------------------------------------------------------------------

@@ -5,9 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lumina_mgpt.errors import ImageTokenizerError
+
 _SSIM_SIGMA = 1.5
 _SSIM_RADIUS = 5  # an 11-tap window, as skimage's structural_similarity(gaussian_weights=True) uses
 _SSIM_K1, _SSIM_K2 = 0.01, 0.03
+SSIM_MIN_SIDE = 2 * _SSIM_RADIUS + 1
 
 
 def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
@@ -19,6 +22,9 @@ def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
 def ssim(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM of (B, C, H, W) images in [-1, 1] (data range 1 after mapping to [0, 1]),
     averaged over channels and over the window positions that lie fully inside the image."""
+    if min(reference.shape[-2:]) < SSIM_MIN_SIDE:
+        side = tuple(reference.shape[-2:])
+        raise ImageTokenizerError(f"SSIM needs images of at least {SSIM_MIN_SIDE} px a side, got {side}")
     x = (reference.float() + 1) / 2
     y = (reconstruction.float() + 1) / 2
     channels = x.shape[1]
@@ -44,9 +50,11 @@ def ssim(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def evaluate_reconstruction(tokenizer, pixels: torch.Tensor, batch_size: int = 32) -> dict[str, float]:
     """Over (N, 3, H, W) pixels in [-1, 1]: mean PSNR and SSIM of encode -> decode; the share of codes
-    that survive decode -> encode unchanged; and the PSNR between the decoded image and its own
-    re-encoded decode (how much a second round trip changes a picture, whatever the code ids)."""
-    psnrs, ssims, round_trips, stable = [], [], [], []
+    that survive decode -> encode unchanged; and the PSNR between the decoded images and their own
+    re-encoded decodes (how much a second round trip changes a picture, whatever the code ids), from
+    the squared error pooled over all images: a per-image mean would be dominated by the images that
+    come back identical (infinite PSNR)."""
+    psnrs, ssims, round_trip_errors, stable = [], [], [], []
     for start in range(0, pixels.shape[0], batch_size):
         batch = pixels[start : start + batch_size]
         codes = tokenizer.encode(batch)
@@ -54,12 +62,12 @@ def evaluate_reconstruction(tokenizer, pixels: torch.Tensor, batch_size: int = 3
         again = tokenizer.encode(decoded)
         psnrs.append(psnr(batch, decoded.cpu()))
         ssims.append(ssim(batch, decoded.cpu()))
-        round_trips.append(psnr(decoded.cpu(), tokenizer.decode(again).cpu()))
+        round_trip_errors.append(((decoded - tokenizer.decode(again)).cpu() / 2).pow(2).flatten(1).mean(dim=1))
         stable.append((again == codes).float().mean().item() * batch.shape[0])
     return {
         "psnr": torch.cat(psnrs).mean().item(),
         "ssim": torch.cat(ssims).mean().item(),
         "code_stability": sum(stable) / pixels.shape[0],
-        "round_trip_psnr": torch.cat(round_trips).mean().item(),
+        "round_trip_psnr": -10.0 * torch.log10(torch.cat(round_trip_errors).mean().clamp_min(1e-12)).item(),
         "images": pixels.shape[0],
     }

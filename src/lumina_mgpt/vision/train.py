@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ class TrainSettings:
     """Optimization settings; saved with every checkpoint and reused on resume."""
 
     steps: int = 1500
+    # Crops per step at the smallest crop size; larger crops come fewer per step (at least one), so
+    # every step covers about the same number of pixels.
     batch_size: int = 16
     learning_rate: float = 2e-3
     warmup_steps: int = 50
@@ -56,11 +59,22 @@ class TrainSettings:
 
 
 class VQTrainer:
-    """Trains `tokenizer` on a fixed tensor of images (N, 3, S, S) in [-1, 1]; checkpoints to `output`."""
+    """Trains `tokenizer` on crops in [-1, 1], checkpointing to `output`.
 
-    def __init__(self, tokenizer: ImageTokenizer, images: torch.Tensor, settings: TrainSettings, output: Path):
+    `images` is one tensor (N, 3, S, S) or several of different sizes. With several, each step
+    trains on one size, drawn uniformly: an encoder and decoder trained at a single size fit that
+    size (their GroupNorm statistics and zero padding see a 32 px crop differently from a 256 px
+    image), and their codes stop surviving decode -> encode at any other size."""
+
+    def __init__(
+        self,
+        tokenizer: ImageTokenizer,
+        images: torch.Tensor | Sequence[torch.Tensor],
+        settings: TrainSettings,
+        output: Path,
+    ):
         self.tokenizer = tokenizer.train()
-        self.images = images
+        self.crop_sets = _check_crop_sets([images] if isinstance(images, torch.Tensor) else list(images))
         self.settings = settings
         self.output = Path(output)
         self.step = 0
@@ -70,8 +84,10 @@ class VQTrainer:
         self.optimizer = torch.optim.Adam(tokenizer.parameters(), lr=settings.learning_rate, betas=(0.5, 0.9))
 
     @classmethod
-    def resume(cls, output: Path, images: torch.Tensor, steps: int | None = None) -> "VQTrainer":
-        """Continue the run saved in `output`; `steps` may extend its total length."""
+    def resume(
+        cls, output: Path, images: torch.Tensor | Sequence[torch.Tensor], steps: int | None = None
+    ) -> "VQTrainer":
+        """Continue the run saved in `output` on the same crops; `steps` may extend its total length."""
         state_file = Path(output) / TRAINER_STATE_FILE
         if not state_file.is_file():
             raise ImageTokenizerError(f"no {TRAINER_STATE_FILE} in {output}: nothing to resume")
@@ -80,6 +96,11 @@ class VQTrainer:
         if steps is not None:
             settings = dataclasses.replace(settings, steps=steps)
         trainer = cls(ImageTokenizer.from_pretrained(output), images, settings, output)
+        if state["crop_shapes"] != trainer._crop_shapes():
+            raise ImageTokenizerError(
+                f"{output} was trained on crops {state['crop_shapes']}, not {trainer._crop_shapes()}: "
+                "resume with the same crop sizes and counts"
+            )
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.generator.set_state(state["generator"])
         trainer.steps_since_used = state["steps_since_used"]
@@ -95,12 +116,20 @@ class VQTrainer:
         progress = (step - self.settings.warmup_steps) / max(1, self.settings.steps - self.settings.warmup_steps)
         return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
+    def sample_batch(self) -> torch.Tensor:
+        """Random crops of one size (drawn uniformly among the crop sets), randomly flipped."""
+        # (one set draws nothing here, so single-size runs keep the random stream they always had)
+        choice = torch.randint(len(self.crop_sets), (1,), generator=self.generator) if len(self.crop_sets) > 1 else 0
+        crops = self.crop_sets[int(choice)]
+        smallest = min(c.shape[-2] * c.shape[-1] for c in self.crop_sets)
+        count = max(1, self.settings.batch_size * smallest // (crops.shape[-2] * crops.shape[-1]))
+        batch = crops[torch.randint(crops.shape[0], (count,), generator=self.generator)]
+        flips = torch.rand(count, generator=self.generator) < 0.5
+        return torch.where(flips[:, None, None, None], batch.flip(-1), batch)
+
     def train_step(self) -> dict[str, float]:
-        """One optimizer step on a random batch (with random horizontal flips)."""
-        indices = torch.randint(self.images.shape[0], (self.settings.batch_size,), generator=self.generator)
-        batch = self.images[indices]
-        flips = torch.rand(self.settings.batch_size, generator=self.generator) < 0.5
-        batch = torch.where(flips[:, None, None, None], batch.flip(-1), batch)
+        """One optimizer step on a random batch."""
+        batch = self.sample_batch()
 
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
@@ -147,8 +176,7 @@ class VQTrainer:
     def _init_codebook_by_kmeans(self) -> None:
         vectors, count = [], 0
         while count < self.settings.kmeans_samples:
-            indices = torch.randint(self.images.shape[0], (self.settings.batch_size,), generator=self.generator)
-            latents = self.tokenizer.encode_latents(self.images[indices])
+            latents = self.tokenizer.encode_latents(self.sample_batch())
             vectors.append(latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1]))
             count += vectors[-1].shape[0]
         # Distinct latents only: a flat background would otherwise claim most of the centroids.
@@ -179,11 +207,15 @@ class VQTrainer:
             "steps_since_used": self.steps_since_used,
             "step": self.step,
             "history": self.history,
+            "crop_shapes": self._crop_shapes(),
         }
         buffer = io.BytesIO()
         torch.save(state, buffer)
         payload = buffer.getvalue()
         write_atomically(self.output / TRAINER_STATE_FILE, lambda temp: Path(temp).write_bytes(payload))
+
+    def _crop_shapes(self) -> list[list[int]]:
+        return [list(crops.shape) for crops in self.crop_sets]
 
     def _revive_dead_codes(self, latents: torch.Tensor, codes: torch.Tensor) -> int:
         dead = torch.nonzero(self.steps_since_used >= self.settings.dead_code_window).flatten()
@@ -204,3 +236,14 @@ class VQTrainer:
                 moments[key][dead] = 0
         self.steps_since_used[dead] = 0
         return int(dead.numel())
+
+
+def _check_crop_sets(crop_sets: list[torch.Tensor]) -> list[torch.Tensor]:
+    if not crop_sets:
+        raise ImageTokenizerError("no training crops given")
+    for crops in crop_sets:
+        if crops.dim() != 4 or crops.shape[1] != 3 or crops.shape[0] == 0 or not crops.is_floating_point():
+            raise ImageTokenizerError(
+                f"training crops must be a non-empty float tensor (N, 3, H, W), got {crops.dtype} {tuple(crops.shape)}"
+            )
+    return crop_sets

@@ -19,11 +19,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="small", help="architecture preset (default: small)")
     parser.add_argument("--init", help="start from this tokenizer's weights (any from_pretrained path) instead")
     parser.add_argument("--codebook-size", type=int, help="override the preset's codebook size")
-    parser.add_argument("--crops", type=int, default=512, help="training crops to cut (default: 512)")
-    parser.add_argument("--crop-size", type=int, default=32, help="training crop side in px (default: 32)")
-    parser.add_argument("--eval-size", type=int, default=64, help="held-out crop side in px (default: 64)")
+    parser.add_argument("--crops", type=int, default=512, help="training crops to cut per crop size (default: 512)")
+    parser.add_argument(
+        "--crop-size", type=int, nargs="+", default=[32, 64, 128],
+        help="training crop sides in px; each step trains on one of them, so the tokenizer (and the "
+        "stability of its codes) holds at every size, not only the one trained (default: 32 64 128)",
+    )
+    parser.add_argument(
+        "--eval-size", type=int, nargs="+", default=[64, 256],
+        help=f"held-out crop sides in px, {EVAL_CROPS} crops each (default: 64 256)",
+    )
     parser.add_argument("--steps", type=int, help="total optimizer steps (default: 1500; on resume: as saved)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--batch-size", type=int, default=32,
+        help="crops per step at the smallest crop size; larger crops come fewer per step, covering the same "
+        "pixels (default: %(default)s)",
+    )
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument(
         "--consistency-weight", type=float, default=0.1,
@@ -50,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from lumina_mgpt.vision import data
     from lumina_mgpt.atomic import write_text_atomically
     from lumina_mgpt.vision.config import preset
-    from lumina_mgpt.vision.metrics import evaluate_reconstruction
+    from lumina_mgpt.vision.metrics import SSIM_MIN_SIDE, evaluate_reconstruction
     from lumina_mgpt.vision.tokenizer import ImageTokenizer
     from lumina_mgpt.vision.train import TrainSettings, VQTrainer
 
@@ -58,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.data is None and not args.skimage_photos:
         raise ImageTokenizerError("say where the images come from: --data FOLDER or --skimage-photos")
+    if min(args.eval_size) < SSIM_MIN_SIDE:
+        raise ImageTokenizerError(
+            f"--eval-size {min(args.eval_size)} is too small: SSIM needs at least {SSIM_MIN_SIDE} px"
+        )
     if args.data is not None:
         images = data.folder_images(args.data)
         held_out_count = max(1, len(images) // 10)
@@ -68,10 +83,10 @@ def run(args: argparse.Namespace) -> int:
     if not train_images:
         raise ImageTokenizerError(f"{args.data} holds too few images to hold a tenth out; give at least 2")
     # Crops come from seeded generators, so a resumed run sees exactly the same data.
-    train_pixels = data.random_crops(train_images, args.crops, args.crop_size, torch.Generator().manual_seed(args.seed))
-    eval_pixels = data.random_crops(
-        eval_images, EVAL_CROPS, args.eval_size, torch.Generator().manual_seed(args.seed + 1)
-    )
+    crop_generator = torch.Generator().manual_seed(args.seed)
+    train_pixels = [data.random_crops(train_images, args.crops, size, crop_generator) for size in args.crop_size]
+    eval_generator = torch.Generator().manual_seed(args.seed + 1)
+    eval_pixels = {size: data.random_crops(eval_images, EVAL_CROPS, size, eval_generator) for size in args.eval_size}
 
     if args.resume and args.init:
         raise ImageTokenizerError("--resume continues --output's own run; it cannot be combined with --init")
@@ -100,16 +115,23 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         trainer = VQTrainer(tokenizer, train_pixels, settings, args.output)
+    downsample = trainer.tokenizer.downsample
+    misfits = sorted({size for size in (*args.crop_size, *args.eval_size) if size % downsample})
+    if misfits:
+        raise ImageTokenizerError(
+            f"crop sizes {misfits} are not multiples of the tokenizer's {downsample}x downsampling"
+        )
     history = trainer.run(progress=not args.no_progress)
 
     tokenizer = ImageTokenizer.from_pretrained(args.output).eval()
-    report = {"steps": trainer.step, "final_loss": history[-1]["loss"] if history else None}
-    report.update(evaluate_reconstruction(tokenizer, eval_pixels))
-    text = json.dumps(report, indent=2) + "\n"
-    write_text_atomically(args.output / "eval.json", text)
-    print(
-        f"held-out {report['images']} crops of {args.eval_size}px: PSNR {report['psnr']:.2f} dB, "
-        f"SSIM {report['ssim']:.4f}, codes stable under decode->encode {report['code_stability']:.1%}, "
-        f"second round trip PSNR {report['round_trip_psnr']:.2f} dB"
-    )
+    report = {"steps": trainer.step, "final_loss": history[-1]["loss"] if history else None, "held_out": {}}
+    for size, pixels in eval_pixels.items():
+        scores = evaluate_reconstruction(tokenizer, pixels)
+        report["held_out"][f"{size}px"] = scores
+        print(
+            f"held-out {scores['images']} crops of {size}px: PSNR {scores['psnr']:.2f} dB, "
+            f"SSIM {scores['ssim']:.4f}, codes stable under decode->encode {scores['code_stability']:.1%}, "
+            f"second round trip PSNR {scores['round_trip_psnr']:.2f} dB"
+        )
+    write_text_atomically(args.output / "eval.json", json.dumps(report, indent=2) + "\n")
     return 0
