@@ -527,7 +527,10 @@ def test_train_cli_trains_and_reports(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "options, message",
-    [(["--eval-size", "8"], "SSIM needs at least 11 px"), (["--crop-size", "16", "20"], r"crop sizes \[20\] are not multiples")],
+    [
+        (["--eval-size", "8"], "SSIM needs at least 11 px"),
+        (["--crop-size", "16", "20"], r"crop sizes \[20\] are not multiples"),
+    ],
 )
 def test_train_cli_refuses_sizes_it_cannot_use(tmp_path, options, message):
     import argparse
@@ -540,6 +543,23 @@ def test_train_cli_refuses_sizes_it_cannot_use(tmp_path, options, message):
     with pytest.raises(ImageTokenizerError, match=message):
         train_cli.run(args)
     assert not (tmp_path / "vq").exists()  # refused before any training
+
+
+def test_train_cli_says_when_the_default_crop_sizes_exceed_the_images(tmp_path):
+    import argparse
+
+    from lumina_mgpt.vision import train_cli
+
+    folder = tmp_path / "small-images"
+    folder.mkdir()
+    for index in range(4):
+        Image.new("RGB", (96, 80), (index * 60, 0, 0)).save(folder / f"{index}.png")
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    args = parser.parse_args(["--data", str(folder), "--output", str(tmp_path / "vq")])
+    expected = "--crop-size 128 does not fit: the training images are as small as 80 px"
+    with pytest.raises(ImageTokenizerError, match=expected):
+        train_cli.run(args)
 
 
 # ---- full size --------------------------------------------------------------------------------

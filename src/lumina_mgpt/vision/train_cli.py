@@ -82,6 +82,16 @@ def run(args: argparse.Namespace) -> int:
         eval_images = data.skimage_photos(data.SKIMAGE_HELDOUT_PHOTOS)
     if not train_images:
         raise ImageTokenizerError(f"{args.data} holds too few images to hold a tenth out; give at least 2")
+    for option, sizes, pool, role in (
+        ("--crop-size", args.crop_size, train_images, "training"),
+        ("--eval-size", args.eval_size, eval_images, "held-out"),
+    ):
+        shortest = min(min(image.size) for image in pool)
+        if max(sizes) > shortest:
+            raise ImageTokenizerError(
+                f"{option} {max(sizes)} does not fit: the {role} images are as small as {shortest} px on a side; "
+                f"choose sizes up to {shortest}"
+            )
     # Crops come from seeded generators, so a resumed run sees exactly the same data.
     crop_generator = torch.Generator().manual_seed(args.seed)
     train_pixels = [data.random_crops(train_images, args.crops, size, crop_generator) for size in args.crop_size]
