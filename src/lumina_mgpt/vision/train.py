@@ -96,9 +96,10 @@ class VQTrainer:
         if steps is not None:
             settings = dataclasses.replace(settings, steps=steps)
         trainer = cls(ImageTokenizer.from_pretrained(output), images, settings, output)
-        if state["crop_shapes"] != trainer._crop_shapes():
+        saved_shapes = state.get("crop_shapes", "not recorded (saved by an older version)")
+        if saved_shapes != trainer._crop_shapes():
             raise ImageTokenizerError(
-                f"{output} was trained on crops {state['crop_shapes']}, not {trainer._crop_shapes()}: "
+                f"{output} was trained on crops {saved_shapes}, not {trainer._crop_shapes()}: "
                 "resume with the same crop sizes and counts"
             )
         trainer.optimizer.load_state_dict(state["optimizer"])
