@@ -13,10 +13,19 @@ _SSIM_K1, _SSIM_K2 = 0.01, 0.03
 SSIM_MIN_SIDE = 2 * _SSIM_RADIUS + 1
 
 
+def squared_error(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """Per-image mean squared error of (B, C, H, W) images in [-1, 1], measured on the [0, 1] scale."""
+    return ((reference.float() - reconstruction.float()) / 2).pow(2).flatten(1).mean(dim=1)
+
+
+def decibels(error: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of a mean squared error on the [0, 1] scale (an error of 0 reads as 120 dB)."""
+    return -10.0 * torch.log10(error.clamp_min(1e-12))
+
+
 def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB of (B, C, H, W) images in [-1, 1], measured on the [0, 1] scale."""
-    error = ((reference.float() - reconstruction.float()) / 2).pow(2).flatten(1).mean(dim=1)
-    return -10.0 * torch.log10(error.clamp_min(1e-12))
+    return decibels(squared_error(reference, reconstruction))
 
 
 def ssim(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
@@ -62,12 +71,12 @@ def evaluate_reconstruction(tokenizer, pixels: torch.Tensor, batch_size: int = 3
         again = tokenizer.encode(decoded)
         psnrs.append(psnr(batch, decoded.cpu()))
         ssims.append(ssim(batch, decoded.cpu()))
-        round_trip_errors.append(((decoded - tokenizer.decode(again)).cpu() / 2).pow(2).flatten(1).mean(dim=1))
+        round_trip_errors.append(squared_error(decoded.cpu(), tokenizer.decode(again).cpu()))
         stable.append((again == codes).float().mean().item() * batch.shape[0])
     return {
         "psnr": torch.cat(psnrs).mean().item(),
         "ssim": torch.cat(ssims).mean().item(),
         "code_stability": sum(stable) / pixels.shape[0],
-        "round_trip_psnr": -10.0 * torch.log10(torch.cat(round_trip_errors).mean().clamp_min(1e-12)).item(),
+        "round_trip_psnr": decibels(torch.cat(round_trip_errors).mean()).item(),
         "images": pixels.shape[0],
     }
