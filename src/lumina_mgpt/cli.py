@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
+from lumina_mgpt import __version__
 from lumina_mgpt.errors import LuminaError
 
 # verb -> (module, one-line help). Nested verbs use a space ("eval shapes").
@@ -21,21 +21,13 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("lumina_mgpt.training.cli", "train or fine-tune a model from a TOML recipe"),
 }
 
-# Warnings that optional dependencies log while being imported, about features this project does not
-# use (torchao's prebuilt CUDA/other-Python kernels, diffusers' torchao checkpoint support, a torch
-# deprecation inside torchao). Commands quiet them; the library itself leaves logging alone.
-_IMPORT_NOISE_LOGGERS = (
-    "torchao",
-    "torch.utils._pytree",
-    "diffusers.quantizers.torchao.torchao_quantizer",
-)
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lumina",
         description="Run, train and evaluate Lumina-mGPT-style unified autoregressive image models.",
     )
+    parser.add_argument("--version", action="version", version=f"lumina-mgpt {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb, (module_name, help_text) in VERBS.items():
         verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
@@ -50,8 +42,6 @@ def _load(module_name: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in _IMPORT_NOISE_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return int(_load(args._module).run(args) or 0)
     except LuminaError as error:

@@ -24,6 +24,7 @@ import torch
 
 from lumina_mgpt.errors import CheckpointError
 from lumina_mgpt.model.transformer import Transformer
+from lumina_mgpt.quiet_imports import import_quietly
 
 QUANT_MODES = ("int8", "int4")
 INT4_GROUP_SIZE = 128
@@ -58,8 +59,10 @@ def quantize_model(model: Transformer, mode: str) -> Transformer:
                 f"int4 quantizes groups of {INT4_GROUP_SIZE} input features, but this model has linear layers with "
                 f"{misfits} inputs; int4 needs multiples of {INT4_GROUP_SIZE} (use int8 for this model)"
             )
-    # Imported here: torchao is slow to import and only needed when quantizing.
-    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+    # Imported here: torchao is slow to import and only needed when quantizing; its import logs
+    # about kernels for other builds, hence quietly.
+    quantize_ = import_quietly("torchao.quantization", "quantize_")
+    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig
     from torchao.quantization.quantize_.workflows import Int4PackingFormat
 
     if mode == "int8":

@@ -7,14 +7,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from diffusers import VQModel
 from PIL import Image
 
 from lumina_mgpt.errors import ImageTokenizerError
+from lumina_mgpt.quiet_imports import import_quietly
 from lumina_mgpt.vision import checkpoints, convert
 from lumina_mgpt.vision.config import VQConfig
 from lumina_mgpt.vision.pixels import images_to_tensor, tensor_to_images
 from lumina_mgpt.vision.quantize import lookup, nearest_codes
+
+VQModel = import_quietly("diffusers", "VQModel")
 
 # Inputs outside [-1, 1] by more than this are refused: they are [0, 1] or [0, 255] pixels by mistake.
 _RANGE_TOLERANCE = 1e-3
