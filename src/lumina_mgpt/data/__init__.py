@@ -3,7 +3,7 @@ into Parquet token shards with a manifest, and length-grouped, resumable, distri
 
 from lumina_mgpt.data.batching import ConcatTokens, LengthGroupedBatches, MixedBatches
 from lumina_mgpt.data.fingerprints import DataFingerprint, data_fingerprint
-from lumina_mgpt.data.loader import BatchPlan, Collator, Sample, TokenDataset
+from lumina_mgpt.data.loader import BatchPlan, Collator, LengthLimited, Sample, TokenDataset
 from lumina_mgpt.data.pretokenizer import pretokenize
 from lumina_mgpt.data.shard_encoder import PretokenizeSettings, Tokenizers
 from lumina_mgpt.data.sources import BadRecord, ParquetColumns, Record, RecordIndex
@@ -15,6 +15,7 @@ __all__ = [
     "ConcatTokens",
     "DataFingerprint",
     "LengthGroupedBatches",
+    "LengthLimited",
     "MixedBatches",
     "ParquetColumns",
     "PretokenizeSettings",

@@ -99,6 +99,27 @@ class TokenDataset:
         return Sample(self._ids[start:stop].astype(np.int64), self._labels[start:stop].astype(np.int64))
 
 
+class LengthLimited:
+    """The samples of a data set no longer than `max_len` tokens, indexed 0 .. len - 1 in their order;
+    `dropped` counts the others."""
+
+    def __init__(self, dataset: TokenDataset, max_len: int):
+        self.dataset = dataset
+        self.kept = np.flatnonzero(dataset.lengths <= max_len)
+        self.dropped = len(dataset) - len(self.kept)
+        self.lengths = dataset.lengths[self.kept]
+        self.layout = dataset.layout
+        self.fingerprint = dataset.fingerprint
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} is outside 0..{len(self) - 1}")
+        return self.dataset[int(self.kept[index])]
+
+
 def _flat_values(column: pa.ChunkedArray) -> np.ndarray:
     return np.concatenate([chunk.flatten().to_numpy() for chunk in column.chunks]) if column.num_chunks else np.zeros(0, np.int32)
 

@@ -13,15 +13,20 @@ what `lumina generate --model` loads), `lora.safetensors` (the unmerged adapters
 `state.json` (stage, steps, tokens, world size) and `rank-00000.pt` ... one per rank (optimizer shard,
 data position, RNG states; plain tensors and containers, read with `torch.load(weights_only=True)`).
 Every checkpoint is written into a hidden temp folder, then renamed: a folder without the temp
-prefix is complete. Ranks share the run folder (one node, or a shared file system).
+prefix is complete. A complete checkpoint can still be damaged afterwards (a full disk, a partial
+copy, a manual edit): `--resume` then falls back to the newest one that loads and moves the damaged
+ones aside as hidden `.damaged-<name>` folders, kept for inspection. Ranks share the run folder (one
+node, or a shared file system).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +45,7 @@ FINAL_DIR = "final"
 LOG_FILE = "log.jsonl"
 RECIPE_FILE = "recipe.toml"
 TEMP_PREFIX = ".tmp-"
+DAMAGED_PREFIX = ".damaged-"
 # Files of an HF folder that an export writes itself; everything else in `assets` is copied next to it.
 _MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
 
@@ -64,6 +70,16 @@ class TrainingProgress:
             raise TrainingError(
                 f"{folder / STATE_FILE} is unreadable ({error}); a training checkpoint is required"
             ) from error
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """A checkpoint that loaded: its progress, folder and this rank's saved state (None after a finished
+    stage, whose successor starts from the stage's model with a fresh optimizer)."""
+
+    progress: TrainingProgress
+    folder: Path
+    rank_state: dict | None
 
 
 def rank_file(rank: int) -> str:
@@ -110,7 +126,30 @@ def load_rank_state(folder: Path, rank: int) -> dict:
     path = folder / rank_file(rank)
     if not path.is_file():
         raise TrainingError(f"{path} is missing; a checkpoint holds one rank file per rank of the run")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's own message advises loading without weights_only, which would run the file's code.
+        if zipfile.is_zipfile(path):
+            raise TrainingError(
+                f"{path} holds pickled objects other than tensors, numbers and plain containers; refused, since "
+                "loading them could run arbitrary code (a rank file written by `lumina train` holds only those)"
+            ) from None
+        raise TrainingError(f"{path} is not a torch.save file (damaged?); a rank file written by `lumina train` is required") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise TrainingError(f"{path} is unreadable ({error}); the file is truncated or damaged") from error
+
+
+def load_adapters(folder: Path) -> dict[str, torch.Tensor]:
+    """The unmerged LoRA adapters a LoRA run's checkpoint holds."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = folder / LORA_FILE
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise TrainingError(f"{path} is unreadable ({error}); a LoRA checkpoint holds its adapters there") from error
 
 
 def _link_or_copy(source: str, target: str) -> None:
@@ -168,22 +207,55 @@ def periodic_name(global_step: int) -> str:
     return f"step-{global_step:08d}"
 
 
+def _visible_folders(parent: Path) -> list[Path]:
+    """Sub-folders of `parent` except hidden ones (temp folders being written, damaged checkpoints)."""
+    if not parent.is_dir():
+        return []
+    return sorted(folder for folder in parent.iterdir() if folder.is_dir() and not folder.name.startswith("."))
+
+
+def _published_folders(run_dir: Path) -> list[Path]:
+    """Checkpoint folders that were published whole (they hold state.json, written last)."""
+    folders = _visible_folders(run_dir / CHECKPOINTS) + _visible_folders(run_dir / STAGES)
+    return [folder for folder in folders if (folder / STATE_FILE).is_file()]
+
+
 def completed_checkpoints(run_dir: Path) -> list[tuple[TrainingProgress, Path]]:
-    """Every complete checkpoint of a run (periodic and stage finals), oldest first."""
+    """Every complete checkpoint of a run (periodic and stage finals) with a readable state.json, oldest
+    first; `unreadable_checkpoints` lists the others."""
     found = []
-    for parent in (run_dir / CHECKPOINTS, run_dir / STAGES):
-        if not parent.is_dir():
+    for folder in _published_folders(run_dir):
+        try:
+            found.append((TrainingProgress.read(folder), folder))
+        except TrainingError:
             continue
-        for folder in parent.iterdir():
-            if folder.is_dir() and not folder.name.startswith(TEMP_PREFIX) and (folder / STATE_FILE).is_file():
-                found.append((TrainingProgress.read(folder), folder))
     return sorted(found, key=lambda item: (item[0].global_step, item[0].stage_finished))
+
+
+def unreadable_checkpoints(run_dir: Path) -> list[tuple[Path, str]]:
+    """(folder, reason) of the published checkpoints whose state.json cannot be read."""
+    damaged = []
+    for folder in _published_folders(run_dir):
+        try:
+            TrainingProgress.read(folder)
+        except TrainingError as error:
+            damaged.append((folder, str(error)))
+    return damaged
+
+
+def move_aside(folder: Path) -> Path:
+    """Rename a damaged checkpoint to a hidden `.damaged-<name>` beside it (ignored from then on, kept
+    for inspection); an older one of that name is replaced."""
+    target = folder.with_name(f"{DAMAGED_PREFIX}{folder.name}")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(folder, target)
+    return target
 
 
 def prune_periodic(run_dir: Path, keep: int) -> None:
     """Remove all but the newest `keep` periodic checkpoints (stage finals are never removed)."""
-    parent = run_dir / CHECKPOINTS
-    folders = sorted(f for f in parent.iterdir() if f.is_dir() and not f.name.startswith(TEMP_PREFIX))
+    folders = _visible_folders(run_dir / CHECKPOINTS)
     for folder in folders[: max(0, len(folders) - keep)]:
         shutil.rmtree(folder)
 

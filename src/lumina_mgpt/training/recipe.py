@@ -5,6 +5,7 @@ output_dir = "runs/example"      # relative paths are relative to the recipe fil
 seed = 0
 layout = "lumina-mgpt"           # optional: the data sets' vocabulary layout must be this one
 z_loss = 1e-5
+max_seq_len = 4096               # longer samples are skipped (default: the model's max_position_embeddings)
 
 [model]                          # exactly one of preset / path
 preset = "tiny"                  # a ModelConfig preset, initialised from `seed` ...
@@ -46,12 +47,14 @@ context_drop = 0.1
 manifest = "data/t2i-512"
 ratio = 1.0
 ```
-Unknown keys anywhere are errors naming the key and its table.
+Unknown keys anywhere are errors naming the key and its table; so are values of the wrong type
+(naming the type found and the one accepted) and numbers that are NaN, infinite or out of range.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +133,7 @@ class Recipe:
     seed: int = 0
     layout: str | None = None
     z_loss: float = 1e-5
+    max_seq_len: int | None = None
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
     lora: LoraSettings | None = None
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
@@ -160,6 +164,15 @@ def _check_keys(table: dict[str, Any], accepted: set[str], where: str) -> None:
             raise TrainingError(f"unknown key {key!r} in {where}; accepted: {', '.join(sorted(accepted))}")
 
 
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _type_name(value: Any) -> str:
+    """How TOML calls the type of a parsed value."""
+    kinds = {dict: "a table", list: "an array", **_TYPE_NAMES, float: "a float"}
+    return next((name for kind, name in kinds.items() if type(value) is kind), type(value).__name__)
+
+
 def _typed(table: dict[str, Any], key: str, kinds: tuple[type, ...], where: str, default: Any = None) -> Any:
     """table[key] checked against `kinds` (ints are accepted where floats are; bools never as numbers)."""
     if key not in table:
@@ -167,15 +180,16 @@ def _typed(table: dict[str, Any], key: str, kinds: tuple[type, ...], where: str,
     value = table[key]
     accepted = kinds + (int,) if float in kinds else kinds
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, accepted):
-        names = " or ".join(kind.__name__ for kind in kinds)
-        raise TrainingError(f"{where}.{key} = {value!r} has the wrong type; accepted: {names}")
+        names = " or ".join(_TYPE_NAMES[kind] for kind in kinds)
+        raise TrainingError(f"{where}.{key} = {value!r} has the wrong type, {_type_name(value)}; accepted: {names}")
     return float(value) if float in kinds else value
 
 
 def _positive(value: float | None, name: str, allow_zero: bool = False) -> None:
-    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+    """`value` finite and > 0 (or >= 0 with `allow_zero`); None passes."""
+    if value is not None and not (math.isfinite(value) and (value > 0 or (allow_zero and value == 0))):
         bound = ">= 0" if allow_zero else "> 0"
-        raise TrainingError(f"{name} = {value} is invalid; accepted: a number {bound}")
+        raise TrainingError(f"{name} = {value} is invalid; accepted: a finite number {bound}")
 
 
 def _resolve(base_dir: Path, value: str | None) -> Path | None:
@@ -193,6 +207,7 @@ def _parse_model(table: dict[str, Any], base_dir: Path) -> ModelSource:
     if (preset is None) == (path is None):
         raise TrainingError("[model] needs exactly one of preset = NAME or path = FOLDER")
     overrides = {key: value for key, value in table.items() if key in shape}
+    _check_override_types(overrides, ModelConfig)
     if overrides and path is not None:
         raise TrainingError(
             f"[model] {', '.join(sorted(overrides))} apply to presets only; a folder's config.json fixes the shape"
@@ -212,10 +227,23 @@ def _parse_model(table: dict[str, Any], base_dir: Path) -> ModelSource:
     )
 
 
+def _check_override_types(overrides: dict[str, Any], config_class: type) -> None:
+    """[model] overrides of a preset have the type of the ModelConfig field they replace; numbers are
+    sizes, counts or scales, all > 0 (dropout, the one probability, is not an override)."""
+    kinds = {"int": (int,), "float": (float,), "bool": (bool,), "str": (str,)}
+    for field_info in dataclasses.fields(config_class):
+        kind = kinds.get(str(field_info.type))
+        if field_info.name in overrides and kind is not None:
+            value = _typed(overrides, field_info.name, kind, "model")
+            if kind in ((int,), (float,)):
+                _positive(value, f"model.{field_info.name}")
+
+
 def _parse_optimizer(table: dict[str, Any]) -> OptimizerSettings:
     _check_keys(table, {f.name for f in dataclasses.fields(OptimizerSettings)}, "[optimizer]")
     betas = table.get("betas", [0.9, 0.95])
-    if not (isinstance(betas, list) and len(betas) == 2 and all(isinstance(b, (int, float)) for b in betas)):
+    numbers = isinstance(betas, list) and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
+    if not (numbers and len(betas) == 2):
         raise TrainingError(f"optimizer.betas = {betas!r} is invalid; accepted: two numbers like [0.9, 0.95]")
     if not all(0.0 <= b < 1.0 for b in betas):
         raise TrainingError(f"optimizer.betas = {betas!r} is invalid; accepted: numbers in [0, 1)")
@@ -271,6 +299,7 @@ def _parse_stage(table: dict[str, Any], index: int, base_dir: Path) -> Stage:
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise TrainingError(f"stage name {name!r} is invalid; accepted: a non-empty name without slashes")
     where = f"[[stages]] {name!r}"
+    field_where = f"stages.{name}"  # how _typed names a field of this stage
     sources = table["data"]
     if not isinstance(sources, list) or not sources:
         raise TrainingError(f"{where}: data must be a non-empty list of [[stages.data]] tables")
@@ -281,30 +310,31 @@ def _parse_stage(table: dict[str, Any], index: int, base_dir: Path) -> Stage:
         _check_keys(source, {"manifest", "ratio"}, f"[[stages.data]] of stage {name!r}")
         if "manifest" not in source:
             raise TrainingError(f"[[stages.data]] of stage {name!r} lacks 'manifest' (a pretokenized data folder)")
-        ratio = _typed(source, "ratio", (float,), "stages.data", 1.0)
+        ratio = _typed(source, "ratio", (float,), f"{field_where}.data", 1.0)
         _positive(ratio, f"stage {name!r} data ratio")
-        manifest = _resolve(base_dir, _typed(source, "manifest", (str,), "stages.data"))
+        manifest = _resolve(base_dir, _typed(source, "manifest", (str,), f"{field_where}.data"))
         data.append(DataSource(manifest=manifest, ratio=ratio))
-    steps = _typed(table, "steps", (int,), "stages")
-    epochs = _typed(table, "epochs", (float,), "stages")
+    steps = _typed(table, "steps", (int,), field_where)
+    epochs = _typed(table, "epochs", (float,), field_where)
     if (steps is None) == (epochs is None):
         raise TrainingError(f"{where} needs exactly one of steps = N or epochs = X")
     stage = Stage(
         name=name,
         data=tuple(data),
-        lr=_typed(table, "lr", (float,), "stages"),
-        batch_size=_typed(table, "batch_size", (int,), "stages"),
+        lr=_typed(table, "lr", (float,), field_where),
+        batch_size=_typed(table, "batch_size", (int,), field_where),
         steps=steps,
         epochs=epochs,
-        target_size=_typed(table, "target_size", (int,), "stages"),
-        min_lr=_typed(table, "min_lr", (float,), "stages", 0.0),
-        warmup=_typed(table, "warmup", (int,), "stages", 0),
-        schedule=_typed(table, "schedule", (str,), "stages", "cosine"),
-        grad_accumulation=_typed(table, "grad_accumulation", (int,), "stages", 1),
-        context_drop=_typed(table, "context_drop", (float,), "stages", 0.0),
+        target_size=_typed(table, "target_size", (int,), field_where),
+        min_lr=_typed(table, "min_lr", (float,), field_where, 0.0),
+        warmup=_typed(table, "warmup", (int,), field_where, 0),
+        schedule=_typed(table, "schedule", (str,), field_where, "cosine"),
+        grad_accumulation=_typed(table, "grad_accumulation", (int,), field_where, 1),
+        context_drop=_typed(table, "context_drop", (float,), field_where, 0.0),
     )
     _positive(stage.lr, f"{where} lr")
     _positive(stage.batch_size, f"{where} batch_size")
+    _positive(stage.target_size, f"{where} target_size")
     _positive(stage.steps, f"{where} steps")
     _positive(stage.epochs, f"{where} epochs")
     _positive(stage.min_lr, f"{where} min_lr", allow_zero=True)
@@ -320,7 +350,7 @@ def _parse_stage(table: dict[str, Any], index: int, base_dir: Path) -> Stage:
 
 
 def _parse_recipe(data: dict[str, Any], base_dir: Path, text: str) -> Recipe:
-    top = {"model", "stages", "output_dir", "seed", "layout", "z_loss", "optimizer", "lora", "checkpoint"}
+    top = {"model", "stages", "output_dir", "seed", "layout", "z_loss", "max_seq_len", "optimizer", "lora", "checkpoint"}
     _check_keys(data, top, "the top level")
     for table in ("model", "optimizer", "lora", "checkpoint"):
         if table in data and not isinstance(data[table], dict):
@@ -349,10 +379,13 @@ def _parse_recipe(data: dict[str, Any], base_dir: Path, text: str) -> Recipe:
         seed=_typed(data, "seed", (int,), "recipe", 0),
         layout=layout,
         z_loss=_typed(data, "z_loss", (float,), "recipe", 1e-5),
+        max_seq_len=_typed(data, "max_seq_len", (int,), "recipe"),
         optimizer=_parse_optimizer(data.get("optimizer", {})),
         lora=_parse_lora(data["lora"]) if "lora" in data else None,
         checkpoint=_parse_checkpoint(data.get("checkpoint", {})),
         source_text=text,
     )
     _positive(recipe.z_loss, "z_loss", allow_zero=True)
+    _positive(recipe.max_seq_len, "max_seq_len")
+    _positive(recipe.seed, "seed", allow_zero=True)
     return recipe

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +30,14 @@ from torch.distributed.tensor import DTensor
 from lumina_mgpt.atomic import write_text_atomically
 from lumina_mgpt.errors import CheckpointError, TrainingError
 from lumina_mgpt.formats import IGNORE_INDEX
-from lumina_mgpt.model import ModelConfig, Transformer, enable_activation_checkpointing, load_model, save_model
+from lumina_mgpt.model import (
+    ModelConfig,
+    Transformer,
+    enable_activation_checkpointing,
+    load_model,
+    read_config,
+    save_model,
+)
 from lumina_mgpt.training import checkpoint as ckpt
 from lumina_mgpt.training.batches import BatchSource, data_batches
 from lumina_mgpt.training.distributed import (
@@ -48,6 +55,8 @@ from lumina_mgpt.training.recipe import Recipe, Stage
 
 # (stage, stage index, distributed context, seed) -> this rank's batches for the stage.
 BatchFactory = Callable[[Stage, int, DistributedContext, int], BatchSource]
+
+logger = logging.getLogger(__name__)
 
 
 def learning_rate(stage: Stage, step: int, total_steps: int) -> float:
@@ -119,8 +128,8 @@ class Trainer:
     """Runs a recipe's stages in order in `output_dir`, resuming from its newest checkpoint on request.
 
     `batch_factory` makes each stage's batches (default: `data_batches`, the recipe's pretokenized data
-    sets through lumina_mgpt.data, context drop included). `max_steps` stops after that many
-    optimizer steps overall (with a checkpoint).
+    sets through lumina_mgpt.data, context drop included, samples longer than the recipe's
+    max_seq_len skipped). `max_steps` stops after that many optimizer steps overall (with a checkpoint).
     """
 
     def __init__(
@@ -138,7 +147,7 @@ class Trainer:
         self.context = context
         self.run_dir = Path(output_dir or recipe.output_dir)
         self.max_steps = max_steps
-        self.batch_factory = batch_factory or functools.partial(data_batches, layout=recipe.layout)
+        self.batch_factory = batch_factory or self._data_batches
         self.progress_bar = progress_bar and context.is_main
         self.global_step = 0
         self.tokens = 0
@@ -148,18 +157,18 @@ class Trainer:
         """Train every remaining stage; returns the model folder of the newest checkpoint (HF format, LoRA
         merged, with the recipe's assets): `final/` once every stage is done."""
         start = self._prepare_run_dir(resume)
-        first_stage, checkpoint = 0, None
+        first_stage = 0
         if start is not None:
-            progress, checkpoint = start
+            progress = start.progress
             self.global_step, self.tokens = progress.global_step, progress.tokens
             first_stage = progress.stage_index + 1 if progress.stage_finished else progress.stage_index
             if progress.stage_finished:
-                checkpoint = None
+                start = None
         for index in range(first_stage, len(self.recipe.stages)):
             if self._reached_max_steps():
                 break
-            self._train_stage(index, checkpoint)
-            checkpoint = None
+            self._train_stage(index, start)
+            start = None
         barrier(self.context)
         latest, folder = ckpt.completed_checkpoints(self.run_dir)[-1]
         finished = latest.stage_finished and latest.stage_index == len(self.recipe.stages) - 1
@@ -171,10 +180,14 @@ class Trainer:
         return self.run_dir / ckpt.FINAL_DIR
 
     # ------------------------------------------------------------------ run folder
-    def _prepare_run_dir(self, resume: bool) -> tuple[ckpt.TrainingProgress, Path] | None:
-        found = ckpt.completed_checkpoints(self.run_dir) if self.run_dir.is_dir() else []
+    def _prepare_run_dir(self, resume: bool) -> ckpt.ResumePoint | None:
+        """Check the run folder against `resume`, record the recipe, and find the checkpoint to resume
+        from: the newest that loads on every rank. Damaged ones are moved aside and the log is cut back
+        to the chosen step, only once it has loaded."""
+        found = ckpt.completed_checkpoints(self.run_dir)
+        unreadable = ckpt.unreadable_checkpoints(self.run_dir)
         recipe_file = self.run_dir / ckpt.RECIPE_FILE
-        if found and not resume:
+        if (found or unreadable) and not resume:
             raise TrainingError(
                 f"{self.run_dir} already holds checkpoints; pass --resume to continue that run or choose another --out"
             )
@@ -186,22 +199,76 @@ class Trainer:
         if self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomically(recipe_file, self.recipe.source_text)
-        if not found:
+        if not found and not unreadable:
             if self.context.is_main:
                 ckpt.truncate_log(self.run_dir, 0)
             return None
-        progress, folder = found[-1]
-        if progress.world_size != self.context.world_size:
-            raise TrainingError(
-                f"{folder} was written by {progress.world_size} ranks; resume it with the same number of ranks "
-                f"(now {self.context.world_size})"
-            )
+        start, rejected = self._newest_loadable(found, unreadable)
         if self.context.is_main:
-            ckpt.truncate_log(self.run_dir, progress.global_step)
-        return progress, folder
+            for folder, reason in rejected:
+                target = ckpt.move_aside(folder)
+                logger.warning("checkpoint %s cannot be resumed from: %s; moved aside to %s", folder, reason, target.name)
+            if rejected:
+                logger.warning("resuming from %s (step %d)", start.folder, start.progress.global_step)
+            ckpt.truncate_log(self.run_dir, start.progress.global_step)
+        barrier(self.context)  # nothing is written to the run folder before the damaged checkpoints are gone
+        return start
+
+    def _newest_loadable(
+        self, found: list[tuple[ckpt.TrainingProgress, Path]], unreadable: list[tuple[Path, str]]
+    ) -> tuple[ckpt.ResumePoint, list[tuple[Path, str]]]:
+        """The newest checkpoint every rank can load, and (folder, reason) of each one that was rejected."""
+        rejected = list(unreadable)
+        for progress, folder in reversed(found):
+            if progress.world_size != self.context.world_size:
+                raise TrainingError(
+                    f"{folder} was written by {progress.world_size} ranks; resume it with the same number of ranks "
+                    f"(now {self.context.world_size})"
+                )
+            start, failure = None, None
+            try:
+                start = self._load_resume_point(progress, folder)
+            except (TrainingError, CheckpointError) as error:
+                failure = str(error)
+            # Every rank tries its own files; all of them must move on together when one fails.
+            failures = all_reduce_sum(torch.tensor([float(failure is not None)], device=self.context.device), self.context)
+            if start is not None and int(failures.item()) == 0:
+                return start, rejected
+            rejected.append((folder, failure or "another rank could not load its part of it"))
+        tried = "; ".join(f"{folder}: {reason}" for folder, reason in rejected)
+        raise TrainingError(f"no checkpoint of {self.run_dir} loads, so the run cannot resume (tried {tried})")
+
+    def _load_resume_point(self, progress: ckpt.TrainingProgress, folder: Path) -> ckpt.ResumePoint:
+        """Check every file that resuming from `folder` reads (model weights on the meta device: config,
+        tensor names, shapes and file sizes, no data) and load this rank's state."""
+        if progress.stage_finished:
+            load_model(folder / ckpt.MODEL_DIR, device="meta")  # what the next stage (or final/) starts from
+            return ckpt.ResumePoint(progress, folder, None)
+        if self.recipe.lora is None:
+            load_model(folder / ckpt.MODEL_DIR, device="meta")
+        else:
+            ckpt.load_adapters(folder)
+            if progress.stage_index > 0:  # the previous stage's model, which the adapters sit on
+                load_model(self._stage_source(progress.stage_index), device="meta")
+        return ckpt.ResumePoint(progress, folder, ckpt.load_rank_state(folder, self.context.rank))
 
     def _reached_max_steps(self) -> bool:
         return self.max_steps is not None and self.global_step >= self.max_steps
+
+    # ------------------------------------------------------------------ data
+    def _data_batches(self, stage: Stage, index: int, context: DistributedContext, seed: int) -> BatchSource:
+        return data_batches(
+            stage, index, context, seed, layout=self.recipe.layout, max_seq_len=self._sequence_limit(index)
+        )
+
+    def _sequence_limit(self, index: int) -> int:
+        """The longest sample stage `index` trains on: the recipe's max_seq_len, else the model's
+        max_position_embeddings."""
+        if self.recipe.max_seq_len is not None:
+            return self.recipe.max_seq_len
+        folder = self._stage_source(index)
+        config = self._preset_config() if folder is None else read_config(folder)
+        return config.max_position_embeddings
 
     # ------------------------------------------------------------------ model
     def _stage_source(self, index: int) -> Path | None:
@@ -235,18 +302,13 @@ class Trainer:
             extra = {} if source.dropout is None else {"dropout": source.dropout}
             if "vocab_size" not in source.overrides and data_vocab_size is not None:
                 extra["vocab_size"] = data_vocab_size
-            try:
-                config = ModelConfig.preset(source.preset, **source.overrides, **extra)
-            except CheckpointError as error:
-                raise TrainingError(f"[model] preset {source.preset!r}: {error}") from error
+            config = self._preset_config(**extra)
             with torch.device("cpu" if real else "meta"):
                 model = Transformer(config)
         if lora is not None:
             apply_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets)
             if checkpoint is not None and real:
-                from safetensors.torch import load_file
-
-                adapters = load_file(checkpoint / ckpt.LORA_FILE)
+                adapters = ckpt.load_adapters(checkpoint)
                 missing, unexpected = model.load_state_dict(adapters, strict=False)
                 if unexpected or any("lora_" in key for key in missing):
                     raise TrainingError(f"{checkpoint / ckpt.LORA_FILE} does not match the recipe's LoRA settings")
@@ -263,6 +325,14 @@ class Trainer:
         model.to_empty(device=self.context.device)
         broadcast_full_state(model, full_state)
         return model
+
+    def _preset_config(self, **extra: Any) -> ModelConfig:
+        """The recipe's preset with its [model] overrides and `extra`."""
+        source = self.recipe.model
+        try:
+            return ModelConfig.preset(source.preset, **source.overrides, **extra)
+        except CheckpointError as error:
+            raise TrainingError(f"[model] preset {source.preset!r}: {error}") from error
 
     def _export(self, model: nn.Module, folder: Path) -> None:
         """Rank 0 writes the plain HF model (LoRA merged, assets copied) and the unmerged adapters."""
@@ -333,11 +403,13 @@ class Trainer:
             raise TrainingError(f"stage {stage.name!r} counts epochs but its data has no length; use steps") from None
         return max(1, math.ceil(stage.epochs * per_epoch / stage.grad_accumulation))
 
-    def _train_stage(self, index: int, checkpoint: Path | None) -> None:
+    def _train_stage(self, index: int, start: ckpt.ResumePoint | None) -> None:
+        """Train stage `index` from its beginning, or from `start`, a checkpoint inside it."""
         stage = self.recipe.stages[index]
         stage_seed = self.recipe.seed + 1_000 * index
         batches = self.batch_factory(stage, index, self.context, stage_seed)
         data_layout = getattr(batches, "layout", None)
+        checkpoint = None if start is None else start.folder
         model = self._build_model(index, checkpoint, None if data_layout is None else data_layout.vocab_size)
         settings = self.recipe.optimizer
         optimizer = torch.optim.AdamW(
@@ -358,9 +430,9 @@ class Trainer:
             total_steps=self._stage_steps(stage, batches),
         )
         first_step = 0
-        if checkpoint is not None:
-            first_step = ckpt.TrainingProgress.read(checkpoint).stage_step
-            saved = ckpt.load_rank_state(checkpoint, self.context.rank)
+        if start is not None:
+            first_step = start.progress.stage_step
+            saved = start.rank_state
             load_local_optimizer_state(model, optimizer, saved["optimizer"])
             batches.load_state_dict(saved["data"])
             ckpt.set_rng_state(saved["rng"])
