@@ -15,7 +15,7 @@ from lumina_mgpt.formats import (
     image_to_image_prompt,
     text_to_image_prompt,
 )
-from vocab_fixtures import v1_tokenizer
+from vocab_fixtures import v1_tokenizer, v2_tokenizer
 
 X = -100  # ignored label
 
@@ -116,6 +116,23 @@ def test_v1_text_to_image_conversation_with_the_chameleon_like_tokenizer():
     assert (encoded.labels[: 2 + len(question_ids)] == X).all()
     assert np.array_equal(encoded.labels[2 + len(question_ids) :], encoded.ids[2 + len(question_ids) :])
 
+
+
+def test_v2_sequences_start_with_endoftext_as_the_official_code():
+    """Qwen names no BOS, so the official v2 wrapper puts its EOS, <|endoftext|> (151643), first: in the
+    generation prompt and in every training conversation."""
+    tokenizer = v2_tokenizer()
+    assert tokenizer.bos_id is None
+    layout = get_layout("lumina-mgpt-2", tokenizer)
+    question = text_to_image_prompt("a red cube", 512, 256)
+    question_ids = tokenizer.encode(question)
+    prompt = encode_generation_prompt([question], [], tokenizer, layout)
+    assert prompt.tolist() == [151_643, *question_ids, 151_667]
+    grid = np.zeros((32, 64), np.int64)
+    encoded = encode_conversation([question, "<|image|>"], [grid], tokenizer, layout, "image")
+    assert encoded.ids[: len(prompt)].tolist() == prompt.tolist()
+    assert len(encoded.ids) == len(prompt) + image_block_length(512, 256, layout) + 1
+    assert encoded.labels[0] == X  # BOS is context, never a target
 
 def test_dual_panel_prompts_are_the_released_strings():
     assert image_map_pair_prompt("a dog", 768, 1536, "depth map") == (

