@@ -259,6 +259,36 @@ def test_pixels_scale_exactly_and_round_on_the_way_back():
     assert np.asarray(tensor_to_images(nearly_white)[0])[..., 0].tolist() == [[255, 255], [0, 128]]
 
 
+
+def test_truncation_and_rounding_give_the_official_bytes():
+    values = [-0.995, 0.0039, 0.0, 0.5, 0.999, 1.7, -3.0]
+    pixels = torch.tensor(values).view(1, 1, 1, -1).expand(1, 3, 1, -1)
+    # (x + 1) * 127.5 = 0.6375, 127.997, 127.5, 191.25, 254.87, then 255 and 0 once clamped.
+    assert np.asarray(tensor_to_images(pixels, "truncate")[0])[0, :, 0].tolist() == [0, 127, 127, 191, 254, 255, 0]
+    assert np.asarray(tensor_to_images(pixels, "nearest")[0])[0, :, 0].tolist() == [1, 128, 128, 191, 255, 255, 0]
+    with pytest.raises(ImageTokenizerError, match="unknown rounding 'floor'; accepted: nearest, truncate"):
+        tensor_to_images(pixels, "floor")
+
+
+def test_decode_to_pil_converts_as_each_familys_official_code(tokenizers):
+    """Chameleon (v1) truncates, MoVQGAN (v2) rounds, written here as the official code writes them;
+    this project's own tokenizer rounds."""
+    chameleon = tokenizers["chameleon"]
+    codes = torch.randint(0, chameleon.codebook_size, (1, 4, 4), generator=torch.Generator().manual_seed(0))
+    decoded = chameleon.decode(codes)[0]  # image_tokenizer.py, _pil_from_chw_tensor:
+    official = (((torch.clamp(decoded, -1.0, 1.0) + 1.0) / 2.0).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    (image,) = chameleon.decode_to_pil(codes)
+    assert np.array_equal(np.asarray(image), official)
+    assert not np.array_equal(np.asarray(tensor_to_images(decoded[None])[0]), official)  # rounding differs
+
+    movqgan = tokenizers["movqgan"]
+    codes = torch.randint(0, movqgan.codebook_size, (1, 4, 4), generator=torch.Generator().manual_seed(0))
+    batch = movqgan.decode(codes)  # inference_solver.py, show_images:
+    official = ((batch + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    (image,) = movqgan.decode_to_pil(codes)
+    assert np.array_equal(np.asarray(image), official)
+    assert TINY.pixel_rounding == "nearest"
+
 def test_pixel_conversion_of_other_modes():
     rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
     assert images_to_tensor([rgba]).eq(1).all()  # fully transparent -> white

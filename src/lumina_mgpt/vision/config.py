@@ -14,6 +14,12 @@ from typing import Any
 from lumina_mgpt.errors import ImageTokenizerError
 
 FAMILIES = ("chameleon", "movqgan", "vq")
+# How each family's decoded pixels become 8-bit values (lumina_mgpt.vision.pixels.tensor_to_images):
+# as the official code of each release does it, Chameleon (v1) truncating and MoVQGAN (v2) rounding.
+# This project's own tokenizer rounds: the nearest value is unbiased (truncation darkens by half a
+# level on average) and turns PIL -> tensor -> PIL back into the same image (truncation loses a level
+# on a quarter of the 256 values).
+PIXEL_ROUNDING = {"chameleon": "truncate", "movqgan": "nearest", "vq": "nearest"}
 GROUPNORM_GROUPS = 32
 
 
@@ -56,6 +62,11 @@ class VQConfig:
         for name in ("layers_per_block", "latent_channels", "embed_dim", "codebook_size"):
             if getattr(self, name) < 1:
                 raise ImageTokenizerError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+    @property
+    def pixel_rounding(self) -> str:
+        """"truncate" or "nearest": how this family's decoded pixels become 8-bit values (PIXEL_ROUNDING)."""
+        return PIXEL_ROUNDING[self.family]
 
     @property
     def downsample(self) -> int:

@@ -102,8 +102,9 @@ class ImageTokenizer(torch.nn.Module):
         return pixels.float().clamp(-1.0, 1.0)
 
     def decode_to_pil(self, codes: torch.Tensor) -> list[Image.Image]:
-        """`decode`, then 8-bit RGB PIL images (rounded)."""
-        return tensor_to_images(self.decode(codes))
+        """`decode`, then 8-bit RGB PIL images: truncated for "chameleon", rounded otherwise, as each
+        family's official code does (see `VQConfig.pixel_rounding`)."""
+        return tensor_to_images(self.decode(codes), self.config.pixel_rounding)
 
     # -- files ------------------------------------------------------------------------------------
 
