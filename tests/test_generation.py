@@ -6,8 +6,9 @@ import torch
 
 from lumina_mgpt.errors import FormatError, GenerationError
 from lumina_mgpt.formats import ImageSegment, get_layout, grid_shape, parse
-from lumina_mgpt.generation.engine import Engine, GenerationSettings
-from lumina_mgpt.generation.sampling import SamplingSettings
+from lumina_mgpt.generation import engine as engine_module
+from lumina_mgpt.generation.engine import Engine, GenerationSettings, guidance_scales
+from lumina_mgpt.generation.sampling import SamplingSettings, sample
 from lumina_mgpt.model import ModelConfig, Transformer
 
 TEXT_VOCAB = 48
@@ -85,6 +86,53 @@ def test_guided_logits_match_formula_to_1e5(layout):
         torch.testing.assert_close(logits[i], full_logits(model, prompt + header)[codes], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(logits[len(prompts) + i], full_logits(model, header)[codes], rtol=1e-5, atol=1e-5)
 
+
+
+def test_decay_to_4_guides_each_image_token_with_the_official_v2_scale(layout, monkeypatch):
+    """The official v2 CFG processor, transcribed: before the token at n (tokens after <start-of-image>, so
+    the size indicators and <end-of-line>s count), scale = max(4, scale * (1 - n / (h * w))) with h, w
+    twice the size indicators. The logits the engine samples from at every body token equal
+    uncond + scale_n * (cond - uncond) from two full forwards."""
+    model = tiny_model(layout)
+    engine = Engine(model, layout)
+    size, rows, cols, cfg = 96, 6, 6, 20.0  # size indicators 3 x 3: the official h * w is 6 * 6
+    settings = GenerationSettings(image=SamplingSettings(temperature=0.0), cfg=cfg, cfg_schedule="decay-to-4")
+    sampled_from = []
+
+    def spy(logits, *args):
+        sampled_from.append(logits.clone())
+        return sample(logits, *args)
+
+    monkeypatch.setattr(engine_module, "sample", spy)
+    (prompt,) = prompts_of_lengths(layout, [5])
+    (grid,) = engine.generate_images([prompt], size, size, settings, seeds=[0], progress=False)
+
+    expected, scale = [], cfg
+    for n in range(2, 2 + rows * (cols + 1)):
+        scale = max(4.0, scale * (1 - n / (6 * 6)))
+        expected.append(scale)
+    assert expected[0] == pytest.approx(cfg * 34 / 36) and expected[7] == pytest.approx(5.19, abs=0.01)
+    assert expected[8:] == [4.0] * (len(expected) - 8)
+    code_ids = torch.as_tensor(layout.code_ids)
+    header = [layout.start_image_id, layout.size_indicator_ids[3], layout.size_indicator_ids[3]]
+    body = []
+    for j, scale in enumerate(expected):
+        if j % (cols + 1) == cols:
+            body.append(layout.end_line_id)
+            continue
+        cond = full_logits(model, prompt + header + body)[code_ids]
+        uncond = full_logits(model, header + body)[code_ids]
+        torch.testing.assert_close(sampled_from[j][0], uncond + scale * (cond - uncond), rtol=1e-5, atol=1e-4)
+        body.append(layout.code_ids[grid[j // (cols + 1), j % (cols + 1)]])
+
+
+def test_decay_to_4_raises_a_small_cfg_to_4_and_cfg_1_stays_unguided():
+    """As in the official processor: max(4, ...) lifts any scale below 4, and 1 turns guidance off."""
+    constant = GenerationSettings(cfg=2.0)
+    decaying = GenerationSettings(cfg=2.0, cfg_schedule="decay-to-4")
+    assert guidance_scales(constant, 3, 3, 44) == [2.0] * 44
+    assert guidance_scales(decaying, 3, 3, 44)[2:] == [4.0] * 42
+    assert not GenerationSettings(cfg=1.0, cfg_schedule="decay-to-4").guided
 
 def test_batched_prompts_equal_one_at_a_time(layout):
     """Different prompt lengths in one batch give the same images as alone, with the same seeds."""
@@ -210,6 +258,7 @@ def test_text_generation_stops_at_separator_and_never_emits_image_tokens(layout)
     "kwargs, message",
     [
         (dict(cfg=-1.0), "cfg must be >= 0"),
+        (dict(cfg_schedule="linear"), "unknown cfg_schedule 'linear'; accepted: constant, decay-to-4"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, message):

@@ -163,6 +163,21 @@ def test_greedy_sjd_equals_greedy_plain(layout, window, size):
     assert stats_.forwards < stats_.tokens  # a greedy Jacobi window accepts its converged prefix
 
 
+
+def test_sjd_keeps_constant_guidance_under_the_decay_schedule(layout):
+    """The official v2 SJD guides every token with the constant scale; only plain decoding decays it."""
+    model = small_model(layout, dtype=torch.float64)
+    engine = Engine(model, layout)
+    greedy = SamplingSettings(temperature=0.0)
+    constant = GenerationSettings(image=greedy, cfg=12.0)
+    decaying = GenerationSettings(image=greedy, cfg=12.0, cfg_schedule="decay-to-4")
+    prompts = random_prompts(layout, [3, 9])
+    sjd = engine.generate_images(prompts, 96, 96, decaying, [0, 1], progress=False, sjd_window=4)
+    plain_constant = engine.generate_images(prompts, 96, 96, constant, [0, 1], progress=False)
+    plain_decaying = engine.generate_images(prompts, 96, 96, decaying, [0, 1], progress=False)
+    np.testing.assert_array_equal(np.stack(sjd), np.stack(plain_constant))
+    assert not np.array_equal(np.stack(plain_decaying), np.stack(plain_constant))  # the schedule matters here
+
 def test_greedy_sjd_accepts_long_runs_on_a_predictable_model(layout):
     """A model whose greedy choice is always code 0 (all logits equal; argmax takes the first): every
     carried draft is right and (almost) every fresh uniform draft wrong. A forward that accepts a drafts

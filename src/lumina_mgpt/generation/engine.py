@@ -12,6 +12,9 @@ Images can also be decoded with speculative Jacobi decoding (`sjd_window`, see s
 the same loop, whose step then verifies a window of drafts in one forward and emits one or more
 tokens per row. Rows accept different counts; a prompt's conditional and unconditional rows always
 move together, as acceptance is decided on the guided distribution.
+
+The guidance scale may change along the image (`GenerationSettings.cfg_schedule`): the engine looks
+it up per row by `image_pos` in a table built for the run (`guidance_scales`).
 """
 
 from __future__ import annotations
@@ -40,23 +43,60 @@ TEXT_MODE = -1
 # Cache lengths are rounded up to this, so that nearby requests share one cache (and one CUDA graph).
 CACHE_LENGTH_STEP = 256
 RowCallback = Callable[[int, np.ndarray], None]
+CFG_SCHEDULES = ("constant", "decay-to-4")
+# The official v2 schedule never guides more weakly than this.
+DECAY_FLOOR = 4.0
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Status-aware settings: one set inside images, one for text, and the CFG scale (images only)."""
+    """Status-aware settings: one set inside images, one for text, and the CFG scale (images only).
+
+    `cfg_schedule` "constant" guides every image code with `cfg` (official v1, and our models);
+    "decay-to-4" is official Lumina-mGPT 2.0 plain decoding (see `guidance_scales`): the scale
+    shrinks along the image down to 4, and a `cfg` below 4 (other than 1, no guidance) is raised to 4.
+    Speculative decoding guides with the constant `cfg` under either schedule, as the official code does.
+    """
 
     image: SamplingSettings = field(default_factory=lambda: SamplingSettings(temperature=1.0, top_k=2000))
     text: SamplingSettings = field(default_factory=lambda: SamplingSettings(temperature=1.0, top_k=10))
     cfg: float = 4.0
+    cfg_schedule: str = "constant"
 
     def __post_init__(self):
         if not self.cfg >= 0:
             raise GenerationError(f"cfg must be >= 0 (1 means no guidance), got {self.cfg}")
+        if self.cfg_schedule not in CFG_SCHEDULES:
+            raise GenerationError(
+                f"unknown cfg_schedule {self.cfg_schedule!r}; accepted: {', '.join(CFG_SCHEDULES)}"
+            )
 
     @property
     def guided(self) -> bool:
         return self.cfg != 1.0
+
+
+def guidance_scales(
+    settings: GenerationSettings, height_indicator: int, width_indicator: int, positions: int
+) -> list[float]:
+    """The CFG scale at image positions 0 .. positions - 1 (`image_pos`, see the module docstring).
+
+    "constant": `cfg` everywhere. "decay-to-4" replays the official v2 CFG logits processor, which
+    before the token at position n >= 2 (n tokens follow <start-of-image>: the two size indicators,
+    then codes and <end-of-line>s alike) sets scale = max(4, scale * (1 - n / (h * w))), starting
+    from `cfg`. The update compounds, and its h, w are twice the size indicators' values (the v1
+    latent grid: the processor came from v1 unchanged), a quarter of v2's codes; so the scale
+    reaches 4 early in the image. Positions 0 and 1 are never guided (the engine writes them).
+    """
+    scale = settings.cfg
+    if settings.cfg_schedule == "constant":
+        return [scale] * positions
+    official_grid = (2 * height_indicator) * (2 * width_indicator)
+    scales = [scale] * min(positions, 2)
+    for n in range(2, positions):
+        scale = max(DECAY_FLOOR, scale * (1 - n / official_grid))
+        scales.append(scale)
+    return scales
 
 
 @dataclass(frozen=True)
@@ -119,7 +159,8 @@ class Engine:
         the engine appends <start-of-image> and the size indicators itself. With guidance, the
         unconditional rows see only the image block, as in training's context drop.
         `sjd_window=L` decodes with speculative Jacobi decoding, L drafts verified per forward:
-        the same distribution as plain decoding (not the same samples) in fewer forwards.
+        the same distribution as plain decoding (not the same samples) in fewer forwards, always
+        with the constant `settings.cfg` (see GenerationSettings).
         """
         not_a_count = isinstance(sjd_window, bool) or not isinstance(sjd_window, int)
         if sjd_window is not None and (not_a_count or sjd_window < 1):
@@ -239,8 +280,13 @@ class Engine:
         step_px = self.layout.pixels_per_indicator
         self._settings = settings
         self._image_rows, self._image_cols = rows, cols
-        self._height_id = self.layout.size_indicator_ids[rows * self.layout.downsample // step_px]
-        self._width_id = self.layout.size_indicator_ids[cols * self.layout.downsample // step_px]
+        height_indicator = rows * self.layout.downsample // step_px
+        width_indicator = cols * self.layout.downsample // step_px
+        self._height_id = self.layout.size_indicator_ids[height_indicator]
+        self._width_id = self.layout.size_indicator_ids[width_indicator]
+        # One scale per image position up to <end-of-image>.
+        scales = guidance_scales(settings, height_indicator, width_indicator, 2 + rows * (cols + 1) + 1)
+        self._scales = torch.tensor(scales, dtype=torch.float32, device=device)
         self._text_possible = start_pos == TEXT_MODE
         self._start_pos, self._num_steps = start_pos, num_steps
         seed_tensor = torch.as_tensor(list(seeds), dtype=torch.int64, device=device)
@@ -316,9 +362,9 @@ class Engine:
             self._image_head.weight.copy_(self.model.lm_head.weight[self.code_ids])
         return self._image_head
 
-    def _guided_code_logits(self, logits: torch.Tensor) -> torch.Tensor:
+    def _guided_code_logits(self, logits: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
         """Image-code logits of each prompt from batch-row logits (B, ..., V), or (B, ..., C) from the code
-        head: guided when CFG is on."""
+        head: guided with `scale` (broadcast to the prompts' code logits) when CFG is on."""
         settings = self._settings
         if self._head is None:
             logits = logits[..., self.code_ids]
@@ -328,7 +374,7 @@ class Engine:
             # Equal, up to a per-row constant that sampling ignores, to the official
             # log-softmax form uncond_lp + s * (cond_lp - uncond_lp).
             uncond = logits[num_prompts:]
-            code_logits = uncond + settings.cfg * (code_logits - uncond)
+            code_logits = uncond + scale * (code_logits - uncond)
         return code_logits
 
     def _structure(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,7 +406,7 @@ class Engine:
         if self._settings.guided:
             fed = torch.cat([fed, fed])
         logits = self.model.decode(fed, self.cache, head=self._head)
-        target = target_probs(self._guided_code_logits(logits), self._settings.image)
+        target = target_probs(self._guided_code_logits(logits, self._settings.cfg), self._settings.image)
 
         accepted = count_accepted(
             target, drafts, draft_probs, ~is_code[:, :-1], position_uniforms(seeds, positions[:, :-1], STREAM_ACCEPT)
@@ -388,7 +434,8 @@ class Engine:
         settings = self._settings
         num_prompts = pos.shape[0]
         cond = logits[:num_prompts]
-        code_tokens = self.code_ids[sample(self._guided_code_logits(logits), settings.image, seeds, step)]
+        scale = self._scales[pos.clamp(0, self._scales.shape[0] - 1)][:, None]
+        code_tokens = self.code_ids[sample(self._guided_code_logits(logits, scale), settings.image, seeds, step)]
         is_code, structural = self._structure(pos)
         tokens = torch.where(is_code, code_tokens, structural)
 
