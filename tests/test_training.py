@@ -435,27 +435,44 @@ def overfit_setup(tmp_path_factory) -> Path:
     return recipe
 
 
-def assert_memorised(model_folder: Path, tokens: Path) -> None:
-    """Greedy next-token predictions reproduce every supervised token (prompt -> image codes)."""
+def greedy_predictions(model_folder: Path, tokens: Path) -> dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]]:
+    """Per sample, keyed by its prompt (the ids before the first supervised target): the greedy next-token
+    predictions at the supervised positions, and their targets."""
     from lumina_mgpt.data import TokenDataset
 
     model = load_model(model_folder)
     dataset = TokenDataset(tokens)
     assert len(dataset) == 16
+    predictions = {}
     with torch.no_grad():
         for index in range(len(dataset)):
             sample = dataset[index]
-            ids, labels = torch.from_numpy(sample.ids)[None], torch.from_numpy(sample.labels)[None]
-            predicted = model(ids)[0, :-1].argmax(-1)
-            targets = labels[0, 1:]
+            ids, targets = torch.from_numpy(sample.ids), torch.from_numpy(sample.labels)[1:]
             supervised = targets != -100
             assert int(supervised.sum()) >= 24  # the 4x4-code Uni-Rep block and the turn separator
-            assert torch.equal(predicted[supervised], targets[supervised]), index
+            prompt = tuple(ids[: int(supervised.nonzero()[0]) + 1].tolist())
+            predicted = model(ids[None])[0, :-1].argmax(-1)
+            predictions[prompt] = (predicted[supervised], targets[supervised])
+    assert len(predictions) == 16  # every caption is its own prompt
+    return predictions
+
+
+def accuracy(pairs) -> float:
+    """Share of (predicted, target) pairs of equal ids, over all the pairs' positions."""
+    hits = sum(int((predicted == target).sum()) for predicted, target in pairs)
+    return hits / sum(len(target) for _, target in pairs)
 
 
 def test_cli_overfits_sixteen_images_then_lora_remaps_them(overfit_setup, tmp_path):
     """Full training memorises captions -> codes; LoRA on top learns the captions rotated by one,
-    and its merged export (a plain HF folder) reproduces the new mapping."""
+    and its merged export (a plain HF folder) reproduces the new mapping.
+
+    Memorised means >= 95% of the 400 supervised greedy predictions are right, not all: after 150 steps a
+    position or two sits within a fraction of a logit of a tie, and its argmax differs between CPUs (AVX2,
+    AVX-512, ...). Measured under three CPU kernel sets: 99.75-100%, 1st-percentile margin 2 logits.
+    Random images share many codes, so the rotation changes only ~170 of the 400 targets: the remapping is
+    checked at those, where the full model must give the old code and the adapted one the new (8 LoRA
+    steps instead of 100 reach 75% there)."""
     from lumina_mgpt.cli import main
     from lumina_mgpt.generation.pipeline import Pipeline
 
@@ -465,7 +482,8 @@ def test_cli_overfits_sixteen_images_then_lora_remaps_them(overfit_setup, tmp_pa
     log = read_log(full)
     assert log[1]["loss"] > 5.0 and log[max(log)]["loss"] < 0.05
     exported = full / "final"  # the last stage's model under a stable name
-    assert_memorised(exported, data / "tiny-tokens")
+    original = greedy_predictions(exported, data / "tiny-tokens")
+    assert accuracy(original.values()) >= 0.95
     pipe = Pipeline.from_pretrained(exported, device="cpu")  # what `lumina generate --model` loads
     assert pipe.layout.name == "compact"
 
@@ -479,7 +497,17 @@ def test_cli_overfits_sixteen_images_then_lora_remaps_them(overfit_setup, tmp_pa
     assert log[1]["loss"] > 1.0 and log[max(log)]["loss"] < 0.05
     final = adapted / "stages" / "overfit"
     assert (final / "lora.safetensors").is_file()
-    assert_memorised(final / "model", data / "rotated-tokens")
+    remapped = greedy_predictions(final / "model", data / "rotated-tokens")
+    assert remapped.keys() == original.keys()  # the same 16 captions, each now asking for its neighbour's image
+    assert accuracy(remapped.values()) >= 0.95
+    old_answers, new_answers = [], []
+    for prompt, (new_predicted, new_target) in remapped.items():
+        old_predicted, old_target = original[prompt]
+        changed = new_target != old_target
+        old_answers.append((old_predicted[changed], old_target[changed]))
+        new_answers.append((new_predicted[changed], new_target[changed]))
+    assert sum(len(target) for _, target in new_answers) >= 100
+    assert accuracy(old_answers) >= 0.95 and accuracy(new_answers) >= 0.95
     assert Pipeline.from_pretrained(final / "model", device="cpu").layout.name == "compact"
 
 
