@@ -44,7 +44,7 @@ def test_v1_layout_has_the_formats_md_ids_and_reads_codes_from_names():
 
 def test_v2_layout_resolves_separator_and_indicators_by_name():
     layout = get_layout("lumina-mgpt-2", v2_tokenizer())
-    assert (layout.vocab_size, layout.bos_id, layout.pad_id) == (171_385, None, 151_643)
+    assert (layout.vocab_size, layout.bos_id, layout.pad_id) == (171_385, 151_643, 151_643)
     assert (layout.start_image_id, layout.end_image_id, layout.end_line_id) == (151_665, 151_666, 151_670)
     assert layout.separator_id == 151_667 and layout.size_indicator_ids[:2] == (151_671, 151_672)
     assert (layout.codebook_size, layout.downsample, layout.latent_cells_per_indicator) == (16_384, 8, 4)
