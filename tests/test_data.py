@@ -359,7 +359,7 @@ def test_cli_pretokenizes_a_project_style_setup(tmp_path, tokenizers, capsys):
     tokenizers.text.save(model / "tokenizer.json")
     tokenizers.image.save_pretrained(model / "image_tokenizer")
     (model / "lumina.json").write_text(json.dumps({"layout": tokenizers.layout.to_dict()}))
-    args = parser.parse_args([str(source), "--out", str(tmp_path / "out2"), "--model-folder", str(model),
+    args = parser.parse_args([str(source), "--out", str(tmp_path / "out2"), "--model", str(model),
                               "--target-size", "64", "--device", "cpu"])
     assert pretokenize_cli.run(args) == 0
     assert _shard_rows(tmp_path / "out2") == _shard_rows(tmp_path / "out")

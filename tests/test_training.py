@@ -430,7 +430,7 @@ def overfit_setup(tmp_path_factory) -> Path:
         records = [{"image": f"{n}.png", "prompt": captions[(n + shift) % len(captions)]} for n in range(len(captions))]
         (images / f"{name}.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
         argv = ["pretokenize", str(images / f"{name}.jsonl"), "--out", str(root / "data" / name)]
-        assert main(argv + ["--model-folder", str(project), "--target-size", "64", "--device", "cpu"]) == 0
+        assert main(argv + ["--model", str(project), "--target-size", "64", "--device", "cpu"]) == 0
     torch.set_num_threads(threads)
     return recipe
 

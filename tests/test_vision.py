@@ -534,7 +534,7 @@ def test_train_cli_trains_and_reports(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     train_cli.add_arguments(parser)
     args = parser.parse_args(
-        ["--skimage-photos", "--output", str(tmp_path / "vq"), "--steps", "2", "--crops", "16", "--crop-size", "16",
+        ["--skimage-photos", "--out", str(tmp_path / "vq"), "--steps", "2", "--crops", "16", "--crop-size", "16",
          "--eval-size", "16", "--batch-size", "4", "--codebook-size", "64", "--no-progress"]
     )  # fmt: skip
     assert train_cli.run(args) == 0
@@ -547,7 +547,7 @@ def test_train_cli_trains_and_reports(tmp_path, capsys):
 
     # Fine-tuning from an existing tokenizer keeps its architecture (e.g. for a new image domain).
     finetune = parser.parse_args(
-        ["--skimage-photos", "--init", str(tmp_path / "vq"), "--output", str(tmp_path / "ft"), "--steps", "1",
+        ["--skimage-photos", "--init", str(tmp_path / "vq"), "--out", str(tmp_path / "ft"), "--steps", "1",
          "--crops", "8", "--crop-size", "16", "--eval-size", "16", "--batch-size", "2", "--no-progress"]
     )  # fmt: skip
     assert train_cli.run(finetune) == 0
@@ -569,7 +569,7 @@ def test_train_cli_refuses_sizes_it_cannot_use(tmp_path, options, message):
 
     parser = argparse.ArgumentParser()
     train_cli.add_arguments(parser)
-    args = parser.parse_args(["--skimage-photos", "--output", str(tmp_path / "vq"), "--crops", "4", *options])
+    args = parser.parse_args(["--skimage-photos", "--out", str(tmp_path / "vq"), "--crops", "4", *options])
     with pytest.raises(ImageTokenizerError, match=message):
         train_cli.run(args)
     assert not (tmp_path / "vq").exists()  # refused before any training
@@ -586,7 +586,7 @@ def test_train_cli_says_when_the_default_crop_sizes_exceed_the_images(tmp_path):
         Image.new("RGB", (96, 80), (index * 60, 0, 0)).save(folder / f"{index}.png")
     parser = argparse.ArgumentParser()
     train_cli.add_arguments(parser)
-    args = parser.parse_args(["--data", str(folder), "--output", str(tmp_path / "vq")])
+    args = parser.parse_args(["--data", str(folder), "--out", str(tmp_path / "vq")])
     expected = "--crop-size 128 does not fit: the training images are as small as 80 px"
     with pytest.raises(ImageTokenizerError, match=expected):
         train_cli.run(args)

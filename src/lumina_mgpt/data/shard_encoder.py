@@ -1,7 +1,8 @@
 """Encoding one shard: read a record range, resize each image to its resolution bucket (seeded
 crop offset per record), encode the images with the VQ in batches of one bucket size, encode
 each conversation, and write the shard file. A record's tokens depend only on the record, its
-global index and the settings, never on the shard or batch it was encoded in."""
+global index and the settings, never on the shard or batch it was encoded in. Records whose tokens
+outnumber `max_seq_len` are skipped like broken ones (and counted apart): a model cannot train on them."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ from lumina_mgpt.formats import (
 )
 from lumina_mgpt.formats.conversation import LOSS_MODES
 
+# The images of the first this many records measure how well the image tokenizer reconstructs the data.
+RECONSTRUCTION_SAMPLE = 64
+
 if TYPE_CHECKING:
     from lumina_mgpt.text import TextTokenizer
     from lumina_mgpt.vision import ImageTokenizer
@@ -38,7 +42,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class PretokenizeSettings:
     """Everything that decides the shards' contents, the accepted share of broken records, and two
-    speed knobs: images per image-tokenizer call and threads that decode and resize images."""
+    speed knobs: images per image-tokenizer call and threads that decode and resize images.
+    `max_seq_len`: the most tokens a sample may have (None: no limit)."""
 
     target_size: int = 512
     loss_mode: str = "response"
@@ -49,6 +54,7 @@ class PretokenizeSettings:
     max_bad_share: float = 0.01
     encode_batch_size: int = 16
     image_threads: int = 4
+    max_seq_len: int | None = None
 
     def __post_init__(self) -> None:
         if self.loss_mode not in LOSS_MODES:
@@ -62,6 +68,8 @@ class PretokenizeSettings:
             )
         if self.target_size <= 0:
             raise DataError(f"target_size must be a positive number of pixels, got {self.target_size}")
+        if self.max_seq_len is not None and self.max_seq_len < 1:
+            raise DataError(f"max_seq_len must be a positive number of tokens (or None: no limit), got {self.max_seq_len}")
 
     def identity(self) -> dict:
         """The settings that change shard contents."""
@@ -108,7 +116,8 @@ class ShardJob:
 def encode_shard(job: ShardJob, shard: int) -> ShardSummary:
     """Encode one shard's records and write the shard file."""
     first, stop = job.record_range(shard)
-    samples, skipped = _ShardEncoder(job).encode(first, stop)
+    encoder = _ShardEncoder(job)
+    samples, skipped = encoder.encode(first, stop)
     summary = ShardSummary(
         job=job.identity,
         shard=shard,
@@ -118,9 +127,38 @@ def encode_shard(job: ShardJob, shard: int) -> ShardSummary:
         skipped=len(skipped),
         tokens=sum(len(sample.ids) for sample in samples),
         skipped_records=skipped,
+        too_long=encoder.too_long,
     )
     write_shard(job.out_dir, samples, summary)
     return summary
+
+
+def sample_reconstruction(job: ShardJob, limit: int = RECONSTRUCTION_SAMPLE) -> dict | None:
+    """How faithfully the image tokenizer reproduces the data: PSNR (dB, from the squared error pooled
+    over images, each weighing the same) of encode -> decode on the images of the first `limit`
+    records, cut to their buckets exactly as for encoding; None when those records hold no image."""
+    import torch
+
+    from lumina_mgpt.vision.metrics import decibels, squared_error
+    from lumina_mgpt.vision.pixels import images_to_tensor
+
+    encoder = _ShardEncoder(job)
+    by_size: dict[tuple[int, int], list[Image.Image]] = {}
+    for position, item in enumerate(job.index.read(0, min(limit, job.index.total))):
+        prepared = encoder._prepare(0, position, item)
+        if isinstance(prepared, _PreparedRecord):
+            for image in prepared.images:
+                by_size.setdefault(image.size, []).append(image)
+    image_tokenizer, batch_size = job.tokenizers.image, job.settings.encode_batch_size
+    errors = []
+    for images in by_size.values():
+        for start in range(0, len(images), batch_size):
+            pixels = images_to_tensor(images[start : start + batch_size])
+            errors.append(squared_error(pixels, image_tokenizer.decode(image_tokenizer.encode(pixels)).cpu()))
+    if not errors:
+        return None
+    pooled = torch.cat(errors)
+    return {"images": len(pooled), "psnr": round(decibels(pooled.mean()).item(), 2)}
 
 
 @dataclass(frozen=True)
@@ -145,6 +183,7 @@ class _ShardEncoder:
         self.sizes = bucket_sizes(job.settings.target_size, step=job.tokenizers.layout.pixels_per_indicator)
         self.codes: dict[tuple[int, int], np.ndarray] = {}  # (record position, image number) -> code grid
         self.pending: dict[tuple[int, int], list[tuple[tuple[int, int], Image.Image]]] = {}
+        self.too_long = 0  # skipped records with more than max_seq_len tokens
 
     def encode(self, first: int, stop: int) -> tuple[list[EncodedSample], list[tuple[str, str]]]:
         """The samples of records [first, stop) and the (source_id, reason) of the skipped ones."""
@@ -208,4 +247,8 @@ class _ShardEncoder:
             return BadRecord(record.source_id, str(error))
         if not np.any(encoded.labels != IGNORE_INDEX):
             return BadRecord(record.source_id, f"no token is supervised in loss mode {self.settings.loss_mode!r}")
+        limit = self.settings.max_seq_len
+        if limit is not None and len(encoded.ids) > limit:
+            self.too_long += 1
+            return BadRecord(record.source_id, f"{len(encoded.ids)} tokens, more than max_seq_len {limit}")
         return EncodedSample(record.source_id, encoded.ids, encoded.labels)

@@ -56,6 +56,7 @@ class ShardSummary:
     skipped: int
     tokens: int
     skipped_records: list[tuple[str, str]] = field(default_factory=list)  # (source_id, reason)
+    too_long: int = 0  # of the skipped records, those with more tokens than max_seq_len
 
     @property
     def file(self) -> str:

@@ -132,7 +132,7 @@ def pretokenize_data(work: Path, seed: int) -> None:
             continue
         log(f"pretokenizing {name} at target size {target_size}")
         code = main([
-            "pretokenize", str(work / name / "records.jsonl"), "--out", str(out), "--model-folder",
+            "pretokenize", str(work / name / "records.jsonl"), "--out", str(out), "--model",
             str(work / "assets"), "--target-size", str(target_size), "--loss-mode", "image",
             "--center-crop", "--seed", str(seed),
         ])

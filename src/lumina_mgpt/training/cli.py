@@ -8,12 +8,19 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="a training recipe (.toml); see recipes/ for examples")
     parser.add_argument(
-        "--resume", action="store_true", help="continue the run in the output folder from its newest checkpoint"
+        "--resume", action="store_true",
+        help="continue the run in the output folder from its newest checkpoint that loads (default: start a new run, "
+        "refused when the folder holds checkpoints)",
     )
     parser.add_argument("--out", help="run folder (default: the recipe's output_dir)")
-    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in all (with a checkpoint)")
+    parser.add_argument(
+        "--max-steps", type=int,
+        help="stop after this many optimizer steps in all, with a checkpoint (default: every step of the recipe)",
+    )
     parser.add_argument("--device", help="cpu, cuda (default: this rank's GPU when CUDA is present, else cpu)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (the JSONL log is still written)")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar; the JSONL log is still written (default: a bar)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,12 +14,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data", type=Path, help="folder of training images (the last tenth is held out)")
     source.add_argument("--skimage-photos", action="store_true", help="random crops of scikit-image's bundled photos")
-    parser.add_argument("--output", type=Path, required=True, help="checkpoint folder (a loadable tokenizer folder)")
-    parser.add_argument("--resume", action="store_true", help="continue the run saved in --output")
-    parser.add_argument("--preset", default="small", help="architecture preset (default: small)")
-    parser.add_argument("--init", help="start from this tokenizer's weights (any from_pretrained path) instead")
-    parser.add_argument("--codebook-size", type=int, help="override the preset's codebook size")
-    parser.add_argument("--crops", type=int, default=512, help="training crops to cut per crop size (default: 512)")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder (a loadable tokenizer folder)")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    parser.add_argument("--preset", default="small", help="architecture preset (default: %(default)s)")
+    parser.add_argument(
+        "--init", help="start from this tokenizer's weights (any from_pretrained path) instead (default: the preset's "
+        "random initialisation)"
+    )
+    parser.add_argument("--codebook-size", type=int, help="override the preset's codebook size (default: the preset's)")
+    parser.add_argument("--crops", type=int, default=512, help="training crops to cut per crop size (default: %(default)s)")
     parser.add_argument(
         "--crop-size", type=int, nargs="+", default=[32, 64, 128],
         help="training crop sides in px; each step trains on one of them, so the tokenizer (and the "
@@ -35,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="crops per step at the smallest crop size; larger crops come fewer per step, covering the same "
         "pixels (default: %(default)s)",
     )
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--learning-rate", type=float, default=2e-3, help="peak AdamW learning rate (default: %(default)s)")
     parser.add_argument(
         "--consistency-weight", type=float, default=0.1,
         help="weight of the re-encoding loss that makes encode(decode(codes)) return the codes (default: %(default)s)",
@@ -43,12 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--autoencoder-warmup", type=int, default=0,
         help="train this many steps unquantized, then set the codebook by k-means on the latents "
-        "(needed by patch-local presets such as `shapes`, which otherwise collapse onto a few codes)",
+        "(needed by patch-local presets such as `shapes`, which otherwise collapse onto a few codes) "
+        "(default: %(default)s)",
     )
-    parser.add_argument("--save-every", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=100, help="steps between checkpoints (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the crops (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,9 +103,9 @@ def run(args: argparse.Namespace) -> int:
     eval_pixels = {size: data.random_crops(eval_images, EVAL_CROPS, size, eval_generator) for size in args.eval_size}
 
     if args.resume and args.init:
-        raise ImageTokenizerError("--resume continues --output's own run; it cannot be combined with --init")
+        raise ImageTokenizerError("--resume continues --out's own run; it cannot be combined with --init")
     if args.resume:
-        trainer = VQTrainer.resume(args.output, train_pixels, steps=args.steps)
+        trainer = VQTrainer.resume(args.out, train_pixels, steps=args.steps)
     else:
         torch.manual_seed(args.seed)
         if args.init:
@@ -124,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             save_every=args.save_every,
             seed=args.seed,
         )
-        trainer = VQTrainer(tokenizer, train_pixels, settings, args.output)
+        trainer = VQTrainer(tokenizer, train_pixels, settings, args.out)
     downsample = trainer.tokenizer.downsample
     misfits = sorted({size for size in (*args.crop_size, *args.eval_size) if size % downsample})
     if misfits:
@@ -133,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         )
     history = trainer.run(progress=not args.no_progress)
 
-    tokenizer = ImageTokenizer.from_pretrained(args.output).eval()
+    tokenizer = ImageTokenizer.from_pretrained(args.out).eval()
     report = {"steps": trainer.step, "final_loss": history[-1]["loss"] if history else None, "held_out": {}}
     for size, pixels in eval_pixels.items():
         scores = evaluate_reconstruction(tokenizer, pixels)
@@ -143,5 +147,5 @@ def run(args: argparse.Namespace) -> int:
             f"SSIM {scores['ssim']:.4f}, codes stable under decode->encode {scores['code_stability']:.1%}, "
             f"second round trip PSNR {scores['round_trip_psnr']:.2f} dB"
         )
-    write_text_atomically(args.output / "eval.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomically(args.out / "eval.json", json.dumps(report, indent=2) + "\n")
     return 0
