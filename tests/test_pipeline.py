@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from lumina_mgpt.errors import GenerationError, TokenizerError
-from lumina_mgpt.generation.pipeline import Pipeline, save_png
+from lumina_mgpt.generation.pipeline import TASKS, Pipeline, save_png
 
 from model_fixtures import TINY_VQ_CONFIG
 from vision_fixtures import chameleon_yaml, official_state_dict
@@ -47,6 +47,10 @@ def test_official_folder_generates_images_of_the_requested_size(tmp_path, family
     pipe = Pipeline.from_pretrained(folder, device="cpu")
     assert pipe.layout.name == {"v1": "lumina-mgpt", "v2": "lumina-mgpt-2"}[family]
     assert pipe.defaults.image_top_k == {"v1": 2000, "v2": 4096}[family]
+    assert pipe.tasks == {"v1": ("text-to-image", "chat"), "v2": ("text-to-image",)}[family]
+    if family == "v2":
+        with pytest.raises(GenerationError, match="not trained for 'chat'"):
+            pipe.chat(["hello"])
     width, height = size
     codes = pipe.generate_codes(["a cat"], width, height, pipe.settings(), seeds=[0], progress=False)
     assert codes[0].shape == grid and codes[0].min() >= 0 and codes[0].max() < pipe.layout.codebook_size
@@ -97,7 +101,10 @@ def test_folder_without_model_or_tokenizer_is_refused(tmp_path):
 def test_chat_returns_text_and_the_images_the_answer_opens(tmp_path):
     from lumina_mgpt.demo import untrained_shapes_pipeline
 
-    pipe = untrained_shapes_pipeline(tmp_path / "model", seed=0)
+    loaded = untrained_shapes_pipeline(tmp_path / "model", seed=0)
+    # A random model learned nothing; declaring chat here tests the decoding path, not the model.
+    pipe = Pipeline(loaded.model, loaded.text_tokenizer, loaded.image_tokenizer, loaded.layout, loaded.defaults,
+                    tasks=TASKS)
     reply = pipe.chat(["what is this? <|image|>"], images=[Image.new("RGB", (70, 50), "red")], max_new_tokens=8)
     assert isinstance(reply.text, str) and reply.images == []
     # Make the model open an image at once: the answer is one 32x32 image, then a cut-off second one.

@@ -3,30 +3,46 @@
     from lumina_mgpt import Pipeline
     pipe = Pipeline.from_pretrained()              # the embedded shapes model
     images = pipe.generate(["a red circle above a blue square"], width=64, height=64, seed=0)
+    for image in pipe.iter_generate(prompts, num_images=1000):   # one batch in memory at a time
+        ...
+    output = pipe("a red circle", num_images_per_prompt=4, generator=torch.Generator().manual_seed(7))
+    output.images                                  # diffusers-style: output_type "pil", "np" or "codes"
 
 A folder is one of
 - a project folder (written by `Pipeline.save_pretrained` / `lumina train`): `lumina.json`
-  (layout, sampling defaults), the model (`config.json` + safetensors), `tokenizer.json` and
-  the image tokenizer in `image_tokenizer/`;
+  (layout, sampling defaults, tasks), the model (`config.json` + safetensors), `tokenizer.json`
+  and the image tokenizer in `image_tokenizer/`;
 - an official Lumina-mGPT (v1) or Lumina-mGPT 2.0 folder: the family is read from config.json,
   the text tokenizer from the folder, and the image tokenizer (`vqgan.ckpt` or
   `movqgan_270M.ckpt`) from `image_tokenizer=` or found in or above the folder.
+
+Tasks: what a model was trained to do, "text-to-image" and/or "chat" (answering text, about
+images too). A project folder lists them in lumina.json's "tasks" (text-to-image alone when the
+field is absent: `lumina train` on text-to-image data teaches nothing else); official v1 folders
+chat, official v2 text-to-image checkpoints do not. A call the model was not trained for is refused
+instead of returning what an untrained head happens to say.
+
+Every argument is checked before any compute, with a one-line GenerationError (or FormatError for
+sizes) saying what is accepted; `lumina generate` runs the same checks before loading the model.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from lumina_mgpt.atomic import write_text_atomically
-from lumina_mgpt.errors import GenerationError
+from lumina_mgpt.errors import GenerationError, LuminaError
 from lumina_mgpt.formats import (
     IMAGE_PLACEHOLDER,
     ImageSegment,
@@ -43,12 +59,24 @@ from lumina_mgpt.generation.sampling import SamplingSettings
 PROJECT_FILE = "lumina.json"
 EMBEDDED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "shapes-model"
 
-# Official sampling defaults (FORMATS.md, "Sampling defaults in the official code").
+# Official sampling defaults (docs/FORMATS.md, "Sampling defaults in the official code").
 FAMILY_DEFAULTS = {
     "lumina-mgpt": dict(image_top_k=2000, text_top_k=10, temperature=1.0, cfg=4.0, size=(768, 768)),
     "lumina-mgpt-2": dict(image_top_k=4096, text_top_k=10, temperature=1.0, cfg=4.0, size=(768, 768)),
 }
 IMAGE_TOKENIZER_FILES = {"lumina-mgpt": "vqgan.ckpt", "lumina-mgpt-2": "movqgan_270M.ckpt"}
+
+TEXT_TO_IMAGE = "text-to-image"
+CHAT = "chat"
+TASKS = (TEXT_TO_IMAGE, CHAT)
+# v1's releases answer text and describe images; v2's text-to-image checkpoints were not trained on text answers.
+FAMILY_TASKS = {"lumina-mgpt": (TEXT_TO_IMAGE, CHAT), "lumina-mgpt-2": (TEXT_TO_IMAGE,)}
+PROJECT_DEFAULT_TASKS = (TEXT_TO_IMAGE,)
+
+# Seeds are int64 on the device, as in torch.Generator.manual_seed's non-negative range.
+MAX_SEED = 2**63 - 1
+OUTPUT_TYPES = ("pil", "np", "codes")
+DEVICES_ACCEPTED = "cpu, cuda, cuda:N or mps"
 
 
 @dataclass(frozen=True)
@@ -57,6 +85,14 @@ class ChatReply:
 
     text: str
     images: list[Image.Image]
+
+
+@dataclass(frozen=True)
+class PipelineOutput:
+    """What `pipe(...)` returns: `images` is a list of PIL images ("pil"), a float32 array (N, H, W, 3)
+    in [0, 1] ("np") or an int64 array of code grids (N, h, w) ("codes")."""
+
+    images: list[Image.Image] | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -69,16 +105,370 @@ class Defaults:
     cfg: float
     size: tuple[int, int]
 
+    def __post_init__(self):
+        check_top_k("image_top_k", self.image_top_k)
+        check_top_k("text_top_k", self.text_top_k)
+        check_temperature("temperature", self.temperature)
+        check_cfg("cfg", self.cfg)
+        if not (isinstance(self.size, tuple) and len(self.size) == 2):
+            raise GenerationError(f"size must be a (width, height) tuple of pixels, got {self.size!r}")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model folder says about itself, read without loading the weights (cheap: JSON and the
+    text tokenizer), so that requests can be checked before the slow load."""
+
+    folder: Path
+    layout: VocabLayout
+    defaults: Defaults
+    tasks: tuple[str, ...]
+    text_tokenizer: Any
+    image_tokenizer_path: Path
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """A checked text-to-image request: `prompts` and `seeds` hold one entry per image, prompt-major."""
+
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    width: int
+    height: int
+    settings: GenerationSettings
+    batch_size: int
+    sjd_window: int | None
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def batches(self) -> Iterator[tuple[range, list[str], list[int]]]:
+        """(image indices, prompts, seeds) of each batch, in order."""
+        for start in range(0, len(self), self.batch_size):
+            indices = range(start, min(start + self.batch_size, len(self)))
+            yield indices, list(self.prompts[indices.start: indices.stop]), list(self.seeds[indices.start: indices.stop])
+
+
+# ---------------------------------------------------------------------- argument checks
+def _is_integer(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _shown(value: object) -> str:
+    return repr(value) if _is_integer(value) else f"{value!r} ({type(value).__name__})"
+
+
+def check_integer(name: str, value: object, minimum: int, meaning: str, maximum: int | None = None) -> int:
+    """`value` as an int, or GenerationError naming `name`, the value and the accepted range."""
+    if not _is_integer(value) or value < minimum or (maximum is not None and value > maximum):
+        accepted = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+        raise GenerationError(f"{name} must be an integer {accepted} ({meaning}), got {_shown(value)}")
+    return int(value)
+
+
+def _check_real(name: str, value: object, accepted: str, valid: Callable[[float], bool]) -> float:
+    if not _is_number(value) or not math.isfinite(value) or not valid(value):
+        raise GenerationError(f"{name} must be {accepted}, got {_shown(value)}")
+    return float(value)
+
+
+def check_cfg(name: str, value: object) -> float:
+    return _check_real(name, value, "a finite number >= 0 (classifier-free guidance; 1 disables it)", lambda v: v >= 0)
+
+
+def check_temperature(name: str, value: object) -> float:
+    return _check_real(name, value, "a finite number >= 0 (0 is greedy)", lambda v: v >= 0)
+
+
+def check_top_p(name: str, value: object) -> float:
+    return _check_real(name, value, "a number in (0, 1] (1 keeps every token)", lambda v: 0 < v <= 1)
+
+
+def check_top_k(name: str, value: object) -> int:
+    return check_integer(name, value, 1, "the k likeliest tokens are kept; the vocabulary or codebook size keeps all")
+
+
+def check_prompts(prompts: object, what: str = "prompt") -> list[str]:
+    """A str or a sequence of str, as a non-empty list of valid UTF-8 text; GenerationError otherwise."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    elif prompts is None or isinstance(prompts, (bytes, bytearray, memoryview)) or not isinstance(prompts, Sequence):
+        raise GenerationError(
+            f"{what}s must be a str or a list of str, got {type(prompts).__name__}"
+            + ("; decode bytes first, e.g. data.decode('utf-8')" if isinstance(prompts, (bytes, bytearray)) else "")
+        )
+    prompts = list(prompts)
+    if not prompts:
+        raise GenerationError(f"no {what}s given; pass at least one {what} (a str)")
+    for number, prompt in enumerate(prompts, 1):
+        if not isinstance(prompt, str):
+            raise GenerationError(f"{what} {number} is {type(prompt).__name__}, not str; every {what} must be text")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as error:
+            # Undecodable bytes in argv arrive as lone surrogates (U+DC80..U+DCFF hold the byte).
+            bad = prompt[error.start]
+            byte = f" (byte 0x{ord(bad) - 0xDC00:02x})" if 0xDC80 <= ord(bad) <= 0xDCFF else ""
+            raise GenerationError(
+                f"{what} {number} is not valid UTF-8 text: {ascii(bad)}{byte} at character {error.start}; "
+                f"give {what}s as UTF-8 text"
+            ) from None
+    return prompts
+
+
+def check_seeds(seed: object, count: int) -> list[int]:
+    """One seed per image: `seed + i` for an int seed, or a sequence of `count` seeds; each in 0..2**63-1."""
+    if _is_integer(seed):
+        first = check_integer("seed", seed, 0, "image i uses seed + i", MAX_SEED)
+        if first + count - 1 > MAX_SEED:
+            raise GenerationError(
+                f"seed {first} with {count} images needs seeds up to {first + count - 1}, beyond {MAX_SEED} (2**63-1); "
+                f"accepted: a first seed from 0 to {MAX_SEED - count + 1}"
+            )
+        return list(range(first, first + count))
+    if isinstance(seed, (str, bytes)) or not isinstance(seed, Sequence):
+        raise GenerationError(f"seed must be an integer or a list of one integer per image, got {_shown(seed)}")
+    if len(seed) != count:
+        raise GenerationError(f"got {len(seed)} seeds for {count} images; give one seed per image")
+    return [check_integer(f"seed of image {i}", s, 0, "seeds are int64", MAX_SEED) for i, s in enumerate(seed)]
+
+
+def check_tasks(tasks: object, where: str = "tasks") -> tuple[str, ...]:
+    """Model tasks as a tuple: a non-empty list drawn from TASKS."""
+    if isinstance(tasks, str) or not isinstance(tasks, Sequence) or not tasks or any(t not in TASKS for t in tasks):
+        raise GenerationError(f"{where} is {tasks!r}, expected a non-empty list drawn from {list(TASKS)}")
+    return tuple(tasks)
+
+
+def check_sjd_window(value: object) -> int | None:
+    if value is None:
+        return None
+    return check_integer("sjd_window", value, 1, "draft tokens verified per forward; 16 is usual; None: plain decoding")
+
+
+def check_image_dimensions(width: object, height: object, layout: VocabLayout) -> tuple[int, int]:
+    """(width, height) as ints accepted by `layout`; GenerationError for non-integers, FormatError for sizes
+    the layout cannot represent."""
+    for name, value in (("width", width), ("height", height)):
+        if not _is_integer(value):
+            step = layout.pixels_per_indicator
+            raise GenerationError(
+                f"{name} must be an integer number of pixels, got {_shown(value)}; accepted: multiples of {step} "
+                f"from {step} to {layout.max_indicator * step}"
+            )
+    check_image_size(int(width), int(height), layout)
+    return int(width), int(height)
+
+
+def make_settings(
+    defaults: Defaults,
+    cfg: float | None = None,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    temperature: float | None = None,
+    text_top_k: int | None = None,
+) -> GenerationSettings:
+    """Checked generation settings, with `defaults` where an argument is None."""
+    temperature = check_temperature("temperature", defaults.temperature if temperature is None else temperature)
+    return GenerationSettings(
+        image=SamplingSettings(
+            temperature, check_top_k("top_k", defaults.image_top_k if top_k is None else top_k), check_top_p("top_p", top_p)
+        ),
+        text=SamplingSettings(temperature, check_top_k("text top_k", defaults.text_top_k if text_top_k is None else text_top_k)),
+        cfg=check_cfg("cfg", defaults.cfg if cfg is None else cfg),
+    )
+
+
+def plan_generation(
+    layout: VocabLayout,
+    defaults: Defaults,
+    prompts: str | Sequence[str],
+    width: int | None = None,
+    height: int | None = None,
+    num_images: int = 1,
+    seed: int | Sequence[int] = 0,
+    cfg: float | None = None,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    temperature: float | None = None,
+    batch_size: int = 8,
+    sjd_window: int | None = None,
+) -> GenerationPlan:
+    """Check a text-to-image request against a model's layout and defaults (no model needed); see
+    `Pipeline.generate` for the arguments."""
+    prompts = check_prompts(prompts)
+    num_images = check_integer("num_images", num_images, 1, "images per prompt")
+    batch_size = check_integer("batch_size", batch_size, 1, "images decoded together")
+    width, height = check_image_dimensions(
+        defaults.size[0] if width is None else width, defaults.size[1] if height is None else height, layout
+    )
+    settings = make_settings(defaults, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature)
+    per_image = tuple(p for p in prompts for _ in range(num_images))
+    seeds = tuple(check_seeds(seed, len(per_image)))
+    return GenerationPlan(per_image, seeds, width, height, settings, batch_size, check_sjd_window(sjd_window))
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device to run on (None: cuda when available, else cpu); GenerationError for a device that is
+    malformed or not present on this machine."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise GenerationError(f"unknown device {device!r}; accepted: {DEVICES_ACCEPTED}") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise GenerationError(f"device {device!r} needs a CUDA GPU, but torch sees none on this machine; use cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise GenerationError(f"device {device!r} does not exist: torch sees {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise GenerationError(f"device {device!r} needs Apple's MPS, which torch does not see here; use cpu")
+    elif parsed.type != "cpu":
+        raise GenerationError(f"device type {parsed.type!r} is not supported; accepted: {DEVICES_ACCEPTED}")
+    return parsed
+
+
+def load_options(
+    device: str | torch.device | None, dtype: torch.dtype | None = None, quant: str | None = None
+) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype a model loads with (dtype None: bfloat16 on CUDA, else float32), checked together
+    with the quantization mode; cheap, so callers run it before the slow load."""
+    from lumina_mgpt.model import check_quantization
+
+    device = resolve_device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if quant is not None:
+        check_quantization(quant, device, dtype)
+    return device, dtype
+
+
+# ---------------------------------------------------------------------- model folders
+def model_folder(path: str | os.PathLike | None) -> Path:
+    """The model folder `path` names (None: the embedded shapes model); GenerationError if it holds no model."""
+    folder = Path(path) if path is not None else EMBEDDED_MODEL
+    if not (folder / "config.json").is_file():
+        hint = ""
+        if path is None:
+            hint = " (the embedded model is not in this checkout: `python -m lumina_mgpt.shapes.build` makes it)"
+        raise GenerationError(f"{folder} is not a model folder: config.json is missing{hint}")
+    return folder
+
+
+def read_model_info(path: str | os.PathLike | None = None, image_tokenizer: str | os.PathLike | None = None) -> ModelInfo:
+    """Layout, defaults, tasks and tokenizers of a project or official folder, without loading the model."""
+    from lumina_mgpt.text import TextTokenizer
+
+    folder = model_folder(path)
+    text_tokenizer = TextTokenizer.from_folder(folder)
+    if (folder / PROJECT_FILE).is_file():
+        layout, defaults, tasks = read_project_file(folder)
+        vision_path = Path(image_tokenizer) if image_tokenizer else folder / "image_tokenizer"
+    else:
+        family = _official_family(folder)
+        layout = get_layout(family, tokenizer=text_tokenizer)
+        defaults, tasks = Defaults(**FAMILY_DEFAULTS[family]), FAMILY_TASKS[family]
+        vision_path = Path(image_tokenizer) if image_tokenizer else _find_file(folder, IMAGE_TOKENIZER_FILES[family])
+    return ModelInfo(folder, layout, defaults, tasks, text_tokenizer, vision_path)
+
+
+# lumina.json fields: (JSON description, check).
+_INT = ("an integer", _is_integer)
+_NUMBER = ("a number", _is_number)
+_JSON_FIELDS = {
+    "layout": {
+        "name": ("a string", lambda v: isinstance(v, str)),
+        "vocab_size": _INT,
+        "bos_id": ("an integer or null", lambda v: v is None or _is_integer(v)),
+        **{key: _INT for key in ("start_image_id", "end_image_id", "end_line_id", "separator_id", "pad_id",
+                                 "downsample", "pixels_per_indicator")},
+        **{key: ("a list of integers", lambda v: isinstance(v, list) and all(map(_is_integer, v)))
+           for key in ("size_indicator_ids", "code_ids")},
+    },
+    "defaults": {
+        "image_top_k": _INT,
+        "text_top_k": _INT,
+        "temperature": _NUMBER,
+        "cfg": _NUMBER,
+        "size": ("a list of two integers [width, height]",
+                 lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_integer, v))),
+    },
+}
+
+
+def _json_type(value: object) -> str:
+    names = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def read_project_file(folder: str | os.PathLike) -> tuple[VocabLayout, Defaults, tuple[str, ...]]:
+    """Layout, sampling defaults and tasks from a project folder's lumina.json; GenerationError naming the
+    field, the type found and the type expected when a field is wrong."""
+    file = Path(folder) / PROJECT_FILE
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise GenerationError(f"{file} is not valid JSON ({error}); write it with Pipeline.save_pretrained") from None
+    if not isinstance(meta, dict):
+        raise GenerationError(f"{file} holds {_json_type(meta)}, expected an object with \"layout\" and \"defaults\"")
+    for section, fields in _JSON_FIELDS.items():
+        values = meta.get(section)
+        if not isinstance(values, dict):
+            raise GenerationError(f"{file}: \"{section}\" is {_json_type(values)}, expected an object")
+        for key, (expected, valid) in fields.items():
+            if key in values and not valid(values[key]):
+                raise GenerationError(
+                    f"{file}: {section}.{key} is {_json_type(values[key])} ({json.dumps(values[key])[:40]}), "
+                    f"expected {expected}"
+                )
+    missing = set(_JSON_FIELDS["defaults"]) - set(meta["defaults"])
+    unknown = set(meta["defaults"]) - set(_JSON_FIELDS["defaults"])
+    if missing or unknown:
+        raise GenerationError(
+            f"{file}: defaults has missing {sorted(missing)}, unknown {sorted(unknown)}; "
+            f"expected keys {sorted(_JSON_FIELDS['defaults'])}"
+        )
+    tasks = check_tasks(meta.get("tasks", list(PROJECT_DEFAULT_TASKS)), where=f"{file}: tasks")
+    try:
+        layout = VocabLayout.from_dict(meta["layout"])
+        defaults = Defaults(**{**meta["defaults"], "size": tuple(meta["defaults"]["size"])})
+        check_image_size(*defaults.size, layout)
+    except LuminaError as error:
+        raise type(error)(f"{file}: {error}") from None
+    return layout, defaults, tasks
+
+
+def write_project_file(
+    folder: str | os.PathLike, layout: VocabLayout, defaults: Defaults, tasks: Sequence[str] = PROJECT_DEFAULT_TASKS
+) -> Path:
+    """Write the `lumina.json` that makes a model folder a project folder (layout, sampling defaults, tasks)."""
+    meta = {"layout": layout.to_dict(), "defaults": {**asdict(defaults), "size": list(defaults.size)}, "tasks": list(tasks)}
+    return write_text_atomically(Path(folder) / PROJECT_FILE, json.dumps(meta, indent=2))
+
 
 class Pipeline:
-    """A model, its text tokenizer, its image tokenizer and its vocabulary layout, ready to generate."""
+    """A model, its text tokenizer, its image tokenizer and its vocabulary layout, ready to generate.
 
-    def __init__(self, model, text_tokenizer, image_tokenizer, layout: VocabLayout, defaults: Defaults):
+    `tasks` says what the model was trained for (TEXT_TO_IMAGE, CHAT); see the module docstring."""
+
+    def __init__(
+        self, model, text_tokenizer, image_tokenizer, layout: VocabLayout, defaults: Defaults,
+        tasks: Sequence[str] = PROJECT_DEFAULT_TASKS,
+    ):
         self.model = model
         self.text_tokenizer = text_tokenizer
         self.image_tokenizer = image_tokenizer
         self.layout = layout
         self.defaults = defaults
+        self.tasks = check_tasks(tasks)
         self.engine = Engine(model, layout)
 
     # ------------------------------------------------------------------ loading
@@ -96,45 +486,32 @@ class Pipeline:
         `quant` quantizes the decoder's linear weights after loading: "int8" (CPU and CUDA) or
         "int4" (CUDA, bfloat16); see `lumina_mgpt.model.quantize_model`.
         """
-        from lumina_mgpt.model import check_quantization, load_model, quantize_model
-        from lumina_mgpt.text import TextTokenizer
+        device, dtype = load_options(device, dtype, quant)
+        return cls.from_model_info(read_model_info(path, image_tokenizer), device=device, dtype=dtype, quant=quant)
+
+    @classmethod
+    def from_model_info(
+        cls,
+        info: ModelInfo,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        quant: str | None = None,
+    ) -> "Pipeline":
+        """Load the model of a folder already read by `read_model_info` (the slow part of `from_pretrained`)."""
+        from lumina_mgpt.model import load_model, quantize_model
         from lumina_mgpt.vision import ImageTokenizer
 
-        folder = Path(path) if path is not None else EMBEDDED_MODEL
-        if not (folder / "config.json").is_file():
-            hint = ""
-            if path is None:
-                hint = " (the embedded model is not in this checkout: `python -m lumina_mgpt.shapes.build` makes it)"
-            raise GenerationError(f"{folder} is not a model folder: config.json is missing{hint}")
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        if quant is not None:
-            check_quantization(quant, device, dtype)  # before the slow part
-
-        text_tokenizer = TextTokenizer.from_folder(folder)
-        project_file = folder / PROJECT_FILE
-        if project_file.is_file():
-            meta = json.loads(project_file.read_text())
-            layout = VocabLayout.from_dict(meta["layout"])
-            defaults = Defaults(**{**meta["defaults"], "size": tuple(meta["defaults"]["size"])})
-            vision_path = Path(image_tokenizer) if image_tokenizer else folder / "image_tokenizer"
-        else:
-            family = _official_family(folder)
-            layout = get_layout(family, tokenizer=text_tokenizer)
-            defaults = Defaults(**FAMILY_DEFAULTS[family])
-            vision_path = Path(image_tokenizer) if image_tokenizer else _find_file(folder, IMAGE_TOKENIZER_FILES[family])
-
-        model = load_model(folder, device=device, dtype=dtype).eval()
+        device, dtype = load_options(device, dtype, quant)
+        model = load_model(info.folder, device=device, dtype=dtype).eval()
         if quant is not None:
             quantize_model(model, quant)
-        vision = ImageTokenizer.from_pretrained(vision_path).to(device)
-        if vision.codebook_size != layout.codebook_size:
+        vision = ImageTokenizer.from_pretrained(info.image_tokenizer_path).to(device)
+        if vision.codebook_size != info.layout.codebook_size:
             raise GenerationError(
-                f"image tokenizer {vision_path} has {vision.codebook_size} codes but the model's layout expects "
-                f"{layout.codebook_size}; pass the image tokenizer the model was trained with"
+                f"image tokenizer {info.image_tokenizer_path} has {vision.codebook_size} codes but the model's layout "
+                f"expects {info.layout.codebook_size}; pass the image tokenizer the model was trained with"
             )
-        return cls(model, text_tokenizer, vision, layout, defaults)
+        return cls(model, info.text_tokenizer, vision, info.layout, info.defaults, info.tasks)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write a project folder that `from_pretrained` (and, for the model, transformers) loads."""
@@ -145,7 +522,7 @@ class Pipeline:
         save_model(self.model, folder)
         self.text_tokenizer.save(folder / "tokenizer.json")
         self.image_tokenizer.save_pretrained(folder / "image_tokenizer")
-        write_project_file(folder, self.layout, self.defaults)
+        write_project_file(folder, self.layout, self.defaults, self.tasks)
 
     # ------------------------------------------------------------------ generation
     def settings(
@@ -156,14 +533,8 @@ class Pipeline:
         temperature: float | None = None,
         text_top_k: int | None = None,
     ) -> GenerationSettings:
-        """Generation settings with this model's defaults filled in."""
-        d = self.defaults
-        temperature = d.temperature if temperature is None else temperature
-        return GenerationSettings(
-            image=SamplingSettings(temperature, d.image_top_k if top_k is None else top_k, top_p),
-            text=SamplingSettings(temperature, d.text_top_k if text_top_k is None else text_top_k),
-            cfg=d.cfg if cfg is None else cfg,
-        )
+        """Generation settings with this model's defaults filled in (checked: see `make_settings`)."""
+        return make_settings(self.defaults, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature, text_top_k=text_top_k)
 
     def prompt_ids(self, prompt: str, width: int, height: int) -> np.ndarray:
         """The ids of the resolution-aware text-to-image prompt, ending with the separator."""
@@ -181,12 +552,82 @@ class Pipeline:
         progress: bool = True,
         sjd_window: int | None = None,
     ) -> list[np.ndarray]:
-        """Code grids (h, w) for each prompt; see `generate`."""
-        check_image_size(width, height, self.layout)
+        """Code grids (h, w) for each prompt, decoded as one batch; see `generate`."""
+        prompts = check_prompts(prompts)
+        width, height = check_image_dimensions(width, height, self.layout)
         ids = [self.prompt_ids(p, width, height) for p in prompts]
         return self.engine.generate_images(
-            ids, width, height, settings, seeds, on_row=on_row, progress=progress, sjd_window=sjd_window
+            ids, width, height, settings, check_seeds(list(seeds), len(prompts)), on_row=on_row, progress=progress,
+            sjd_window=sjd_window,
         )
+
+    def plan(self, prompts: str | Sequence[str], **options) -> GenerationPlan:
+        """`plan_generation` with this model's layout and defaults: the checks of `generate`, without compute."""
+        self._require(TEXT_TO_IMAGE)
+        return plan_generation(self.layout, self.defaults, prompts, **options)
+
+    def run_plan(
+        self,
+        plan: GenerationPlan,
+        output_type: str = "pil",
+        on_row: Callable[[int, int, np.ndarray], None] | None = None,
+        progress: bool = True,
+    ) -> Iterator[Image.Image | np.ndarray]:
+        """Yield the plan's images in order, batch by batch, as each batch is decoded: only one batch is
+        held at a time. `output_type`: "pil" (with metadata), "np" ((H, W, 3) float32 in [0, 1]) or "codes"
+        ((h, w) int64 grids). `on_row(batch, row, codes)` is called for each image row of codes the
+        batch has finished, `codes` being (batch size, w)."""
+        self._require(TEXT_TO_IMAGE)
+        if output_type not in OUTPUT_TYPES:
+            raise GenerationError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}; got {output_type!r}")
+        return self._run_plan(plan, output_type, on_row, progress)
+
+    def _run_plan(self, plan, output_type, on_row, progress):
+        for number, (_, prompts, seeds) in enumerate(plan.batches()):
+            row_callback = None if on_row is None else (lambda row, codes, batch=number: on_row(batch, row, codes))
+            grids = self.generate_codes(
+                prompts, plan.width, plan.height, plan.settings, seeds, on_row=row_callback, progress=progress,
+                sjd_window=plan.sjd_window,
+            )
+            if output_type == "codes":
+                yield from grids
+                continue
+            codes = torch.as_tensor(np.stack(grids))
+            if output_type == "np":
+                yield from ((self.image_tokenizer.decode(codes).permute(0, 2, 3, 1) + 1) / 2).cpu().numpy()
+                continue
+            for prompt, image_seed, picture in zip(prompts, seeds, self.image_tokenizer.decode_to_pil(codes)):
+                picture.info["parameters"] = json.dumps(
+                    {"prompt": prompt, "width": plan.width, "height": plan.height, "seed": image_seed,
+                     "cfg": plan.settings.cfg, "image_sampling": asdict(plan.settings.image),
+                     "sjd_window": plan.sjd_window, "model_layout": self.layout.name}
+                )
+                yield picture
+
+    def iter_generate(
+        self,
+        prompts: str | Sequence[str],
+        width: int | None = None,
+        height: int | None = None,
+        num_images: int = 1,
+        seed: int | Sequence[int] = 0,
+        cfg: float | None = None,
+        top_k: int | None = None,
+        top_p: float = 1.0,
+        temperature: float | None = None,
+        batch_size: int = 8,
+        on_row: RowCallback | None = None,
+        progress: bool = True,
+        sjd_window: int | None = None,
+    ) -> Iterator[Image.Image]:
+        """`generate`, yielding each image as soon as its batch is decoded (one batch in memory). The
+        arguments are checked when this is called, before the first image is asked for."""
+        plan = self.plan(
+            prompts, width=width, height=height, num_images=num_images, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
+            temperature=temperature, batch_size=batch_size, sjd_window=sjd_window,
+        )
+        return self.run_plan(plan, on_row=None if on_row is None else (lambda _, row, codes: on_row(row, codes)),
+                             progress=progress)
 
     def generate(
         self,
@@ -194,7 +635,7 @@ class Pipeline:
         width: int | None = None,
         height: int | None = None,
         num_images: int = 1,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         cfg: float | None = None,
         top_k: int | None = None,
         top_p: float = 1.0,
@@ -206,35 +647,67 @@ class Pipeline:
     ) -> list[Image.Image]:
         """Text to image. Returns num_images images per prompt, prompt-major.
 
-        Image i of the whole call uses seed `seed + i`, so results do not depend on batch_size.
-        `sjd_window=L` (16 is usual) decodes with speculative Jacobi decoding: the same distribution
-        of images in fewer forwards, though not the same image for a seed as plain decoding.
-        Each image carries its prompt and settings in `image.info["parameters"]` (JSON), which
-        `save_png` writes into the PNG's text metadata.
+        width and height default to the model's size; image i of the whole call uses seed `seed + i`
+        (0 <= seed, seed + i <= 2**63-1), so results do not depend on batch_size; `seed` may also be a
+        list of one seed per image. cfg, top_k (>= 1), top_p (in (0, 1]) and temperature (0: greedy)
+        default to the model's (`self.defaults`; top_p 1.0). `sjd_window=L` (16 is usual) decodes with
+        speculative Jacobi decoding: the same distribution of images in fewer forwards, though not the
+        same image for a seed as plain decoding. Each image carries its prompt and settings in
+        `image.info["parameters"]` (JSON), which `save_png` writes into the PNG's text metadata.
+        Bad arguments raise GenerationError (FormatError for unrepresentable sizes) before any compute.
         """
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        width = width or self.defaults.size[0]
-        height = height or self.defaults.size[1]
-        if num_images < 1 or batch_size < 1:
-            raise GenerationError(f"num_images and batch_size must be >= 1, got {num_images} and {batch_size}")
-        settings = self.settings(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature)
-        jobs = [(p, seed + i) for i, p in enumerate(p for p in prompts for _ in range(num_images))]
-        images = []
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start: start + batch_size]
-            grids = self.generate_codes(
-                [p for p, _ in chunk], width, height, settings, [s for _, s in chunk], on_row=on_row,
-                progress=progress, sjd_window=sjd_window,
-            )
-            pictures = self.image_tokenizer.decode_to_pil(torch.as_tensor(np.stack(grids)))
-            for (prompt, image_seed), picture in zip(chunk, pictures):
-                picture.info["parameters"] = json.dumps(
-                    {"prompt": prompt, "width": width, "height": height, "seed": image_seed, "cfg": settings.cfg,
-                     "image_sampling": asdict(settings.image), "sjd_window": sjd_window,
-                     "model_layout": self.layout.name}
-                )
-                images.append(picture)
-        return images
+        return list(self.iter_generate(
+            prompts, width=width, height=height, num_images=num_images, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
+            temperature=temperature, batch_size=batch_size, on_row=on_row, progress=progress, sjd_window=sjd_window,
+        ))
+
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        width: int | None = None,
+        height: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: Callable[["Pipeline", int, dict], object] | None = None,
+        cfg: float | None = None,
+        top_k: int | None = None,
+        top_p: float = 1.0,
+        temperature: float | None = None,
+        batch_size: int = 8,
+        sjd_window: int | None = None,
+        progress: bool = True,
+    ) -> PipelineOutput:
+        """The diffusers-style call: `generate` under diffusers' argument names, returning a PipelineOutput.
+
+        generator: None (seed 0), one torch.Generator (image i uses its initial_seed() + i, as `seed` in
+        `generate`) or a list of one generator per image (each image uses its generator's initial_seed();
+        sampling itself draws from a counter-based hash of the seed, never from the generator's state).
+        output_type: "pil", "np" or "codes" (see PipelineOutput).
+        callback_on_step_end(pipe, step, info): a step is one row of image codes finished for every image
+        of the batch being decoded; steps count on across batches (batch b's row r is step b * rows + r).
+        info holds "batch", "row", "rows" (rows per image), "images" (indices of the batch's images in
+        the output) and "codes" (that row's codes, an int64 array (batch size, codes per row)). Its
+        return value is ignored.
+        """
+        count = len(check_prompts(prompt)) * check_integer("num_images_per_prompt", num_images_per_prompt, 1, "images per prompt")
+        plan = self.plan(
+            prompt, width=width, height=height, num_images=num_images_per_prompt, seed=_generator_seeds(generator, count),
+            cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature, batch_size=batch_size, sjd_window=sjd_window,
+        )
+        on_row = None
+        if callback_on_step_end is not None:
+            from lumina_mgpt.formats import grid_shape
+
+            rows = grid_shape(plan.width, plan.height, self.layout)[0]
+            batches = [indices for indices, _, _ in plan.batches()]
+
+            def on_row(batch: int, row: int, codes: np.ndarray) -> None:
+                info = {"batch": batch, "row": row, "rows": rows, "images": list(batches[batch]), "codes": codes}
+                callback_on_step_end(self, batch * rows + row, info)
+
+        images = list(self.run_plan(plan, output_type=output_type, on_row=on_row, progress=progress))
+        return PipelineOutput(images if output_type == "pil" else np.stack(images))
 
     def chat(
         self,
@@ -248,13 +721,17 @@ class Pipeline:
     ) -> ChatReply:
         """Answer the last human turn of a conversation (turns alternate human, assistant, ...,
         human; `<|image|>` marks where each image goes). Images the model opens in its answer are
-        written at `image_size`; the reply's text marks them with `<|image|>`."""
+        written at `image_size`; the reply's text marks them with `<|image|>`. Refused (GenerationError)
+        for a model whose tasks do not include "chat"."""
+        self._require(CHAT)
+        turns = check_prompts(turns, what="turn")
         if len(turns) % 2 != 1:
             raise GenerationError(
                 f"a conversation to answer has an odd number of turns (ending with a question), got {len(turns)}"
             )
-        prompt = encode_generation_prompt(list(turns), self._encode_images(images), self.text_tokenizer, self.layout)
+        (seed,) = check_seeds(seed, 1)
         settings = self.settings(temperature=temperature, text_top_k=top_k)
+        prompt = encode_generation_prompt(turns, self._encode_images(images), self.text_tokenizer, self.layout)
         (answer,) = self.engine.generate_text(
             [prompt], settings, [seed], max_new_tokens=max_new_tokens,
             image_size=image_size or self.defaults.size, progress=False,
@@ -271,6 +748,13 @@ class Pipeline:
         pictures = [self.image_tokenizer.decode_to_pil(torch.as_tensor(g)[None])[0] for g in grids if g.size]
         return ChatReply("".join(text), pictures)
 
+    def _require(self, task: str) -> None:
+        if task not in self.tasks:
+            raise GenerationError(
+                f"this model was not trained for {task!r} (its tasks: {', '.join(self.tasks)}); "
+                f"{task!r} needs a model whose lumina.json lists it, such as an official Lumina-mGPT v1 folder for chat"
+            )
+
     def _encode_images(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
         from lumina_mgpt.formats import bucket_sizes, closest_bucket, resize_to_bucket
 
@@ -283,14 +767,50 @@ class Pipeline:
         return grids
 
 
-def write_project_file(folder: str | os.PathLike, layout: VocabLayout, defaults: Defaults) -> Path:
-    """Write the `lumina.json` that makes a model folder a project folder (layout + sampling defaults)."""
-    meta = {"layout": layout.to_dict(), "defaults": {**asdict(defaults), "size": list(defaults.size)}}
-    return write_text_atomically(Path(folder) / PROJECT_FILE, json.dumps(meta, indent=2))
+def _generator_seeds(generator: object, count: int) -> int | list[int]:
+    """The seed (or one seed per image) that `generator` of `Pipeline.__call__` stands for."""
+    if generator is None:
+        return 0
+    if isinstance(generator, torch.Generator):
+        return generator.initial_seed()
+    if isinstance(generator, Sequence) and all(isinstance(g, torch.Generator) for g in generator):
+        if len(generator) != count:
+            raise GenerationError(f"got {len(generator)} generators for {count} images; give one generator, or one per image")
+        return [g.initial_seed() for g in generator]
+    raise GenerationError(
+        f"generator must be a torch.Generator or a list of one per image, got {type(generator).__name__}"
+    )
 
 
-def save_png(image: Image.Image, path: str | os.PathLike) -> None:
-    """Save a generated image as PNG with its generation settings in the text metadata, atomically."""
+# ---------------------------------------------------------------------- writing images
+def check_output_folder(folder: str | os.PathLike) -> Path:
+    """Create `folder` if needed and prove it writable (a probe file is written and removed); GenerationError
+    saying why otherwise. Cheap: run it before loading a model, so that a bad --out fails at once."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise GenerationError(f"output folder {folder} is a file; give a folder (it is created when missing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".lumina-probe.", suffix=".tmp")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise GenerationError(
+            f"cannot write into output folder {folder}: {error.strerror or error}; give a folder that can be created "
+            f"and written"
+        ) from None
+    return folder
+
+
+def save_png(image: Image.Image, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Save a generated image as PNG with its generation settings in the text metadata; returns the path written.
+
+    The file appears whole or not at all: it is written under a unique hidden temporary name beside
+    `path`, then given its name. An existing file is kept: the image goes to the next free name
+    (`name-1.png`, `name-2.png`, ...), claimed with a hard link, which fails rather than replaces, so
+    processes writing one folder never take each other's names; `overwrite=True` replaces `path`.
+    OSError (e.g. a full disk) leaves no temporary file behind.
+    """
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
@@ -298,9 +818,46 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> None:
         if isinstance(value, str):
             info.add_text(key, value)
     path = Path(path)
-    tmp = path.with_suffix(".tmp.png")
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            image.save(file, format="PNG", pnginfo=info)
+        os.chmod(temp, 0o644)  # mkstemp creates 0600; these are ordinary readable files
+        if overwrite:
+            os.replace(temp, path)
+            return path
+        for number in range(1_000_000):
+            candidate = path if number == 0 else path.with_name(f"{path.stem}-{number}{path.suffix}")
+            try:
+                os.link(temp, candidate)
+                return candidate
+            except FileExistsError:
+                continue
+        raise GenerationError(f"no free name left for {path}: {path.stem}-1 to -999999 are all taken")
+    finally:
+        Path(temp).unlink(missing_ok=True)  # the image lives on under its final name
+
+
+class OutputFolder:
+    """A checked output folder that generated images are written into as they come (see `save_png`);
+    a failed write says how many images were written before it."""
+
+    def __init__(self, folder: str | os.PathLike, overwrite: bool = False):
+        self.path = check_output_folder(folder)
+        self.overwrite = overwrite
+        self.written: list[Path] = []
+
+    def save(self, image: Image.Image, name: str) -> Path:
+        """Write `image` as `name` in the folder (or the next free name); returns the path written."""
+        try:
+            path = save_png(image, self.path / name, overwrite=self.overwrite)
+        except OSError as error:
+            raise GenerationError(
+                f"could not write {name} into {self.path}: {error.strerror or error}; the {len(self.written)} "
+                f"image(s) written before it are kept"
+            ) from None
+        self.written.append(path)
+        return path
 
 
 def _official_family(folder: Path) -> str:
@@ -326,4 +883,3 @@ def _find_file(folder: Path, name: str) -> Path:
         if candidate.is_file():
             return candidate
     raise GenerationError(f"no image tokenizer {name} found in or above {folder}; pass image_tokenizer=PATH")
-
