@@ -1,53 +1,152 @@
-"""`lumina generate`: text to image, PNGs with their settings in the metadata."""
+"""`lumina generate`: text to image, PNGs with their settings in the metadata, written as each batch
+finishes. Also the options shared by the verbs that run a model (generate, demo, eval shapes)."""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
+import re
+import sys
 from pathlib import Path
+
+# pipeline.EMBEDDED_MODEL / PROJECT_FILE, spelled out here: the pipeline module imports torch, and
+# help must stay fast.
+EMBEDDED_PROJECT_FILE = Path(__file__).resolve().parent.parent / "assets" / "shapes-model" / "lumina.json"
+SLUG_LENGTH = 40
+
+
+@functools.lru_cache(maxsize=1)
+def embedded_defaults() -> dict | None:
+    """The embedded model's sampling defaults from its lumina.json (JSON only: cheap at help time);
+    None when the model is not in this checkout or its file is unreadable."""
+    try:
+        defaults = json.loads(EMBEDDED_PROJECT_FILE.read_text(encoding="utf-8"))["defaults"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return defaults if isinstance(defaults, dict) else None
+
+
+def _model_default(key: str, official: str) -> str:
+    """ "default: the model's; embedded model X, official ..." for an option whose default comes from the model."""
+    embedded = (embedded_defaults() or {}).get(key)
+    if isinstance(embedded, list):
+        embedded = "x".join(map(str, embedded))
+    shown = f"embedded model {embedded}, " if embedded is not None else ""
+    return f"default: the model's; {shown}{official}"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --image-tokenizer, --device and --quant: which model to load, and how."""
+    parser.add_argument("--model", help="model folder, project or official (default: the embedded shapes model)")
+    parser.add_argument("--image-tokenizer",
+                        help="image tokenizer file or folder (default: the model's, found in or above its folder)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)")
+    parser.add_argument("--quant", metavar="MODE",
+                        help="quantize the decoder's linear weights: int8 (CPU and CUDA) or int4 (CUDA only) "
+                             "(default: none)")
+
+
+def add_seed_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the first image; image i uses seed + i; 0 to 2**63-1 (default: 0)")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampling options of every verb that generates images (generate, eval shapes): one vocabulary."""
+    add_seed_argument(parser)
+    parser.add_argument("--cfg", type=float,
+                        help="classifier-free guidance scale, >= 0; 1 disables it "
+                             f"({_model_default('cfg', 'official v1/v2 4.0')})")
+    parser.add_argument("--top-k", type=int,
+                        help="image top-k: sample among the k likeliest codes, k >= 1 "
+                             f"({_model_default('image_top_k', 'official v1 2000, v2 4096')})")
+    parser.add_argument("--top-p", type=float, default=1.0,
+                        help="image top-p, in (0, 1]: sample among the likeliest codes holding this much probability "
+                             "(default: 1.0, off)")
+    parser.add_argument("--temperature", type=float,
+                        help="sampling temperature, >= 0; 0 is greedy "
+                             f"({_model_default('temperature', 'official v1/v2 1.0')})")
+    parser.add_argument("--sjd", action="store_true",
+                        help="speculative Jacobi decoding: the same image distribution in fewer forwards (default: off)")
+    parser.add_argument("--sjd-window", type=int, metavar="L",
+                        help="SJD draft tokens verified per forward; implies --sjd (default: 16)")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, default: str, what: str) -> None:
+    """--out and --overwrite."""
+    parser.add_argument("--out", default=default, help=f"{what} (default: {default})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing files of the same name (default: keep them and write the new image "
+                             "under the next free name, NAME-1.png, NAME-2.png, ...)")
+
+
+def sjd_window(args: argparse.Namespace) -> int | None:
+    """The SJD window the sampling options ask for (None: plain decoding)."""
+    from lumina_mgpt.generation.speculative import DEFAULT_WINDOW
+
+    if args.sjd_window is not None:
+        return args.sjd_window
+    return DEFAULT_WINDOW if args.sjd else None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", nargs="+", help="one or more prompts (quote each)")
-    parser.add_argument("--model", help="model folder (project or official); default: the embedded shapes model")
-    parser.add_argument("--image-tokenizer", help="image tokenizer file or folder, if not in or above the model folder")
-    parser.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
-    parser.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
-    parser.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i (default 0)")
-    parser.add_argument("--cfg", type=float, help="classifier-free guidance scale; 1 disables it (default: the model's, 4.0 official)")
-    parser.add_argument("--top-k", type=int, help="image top-k (default: the model's; official v1 2000, v2 4096)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="image top-p (default 1.0: off)")
-    parser.add_argument("--temperature", type=float, help="sampling temperature; 0 is greedy (default 1.0)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images decoded together (default 8)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--sjd", action="store_true",
-                        help="speculative Jacobi decoding: the same image distribution in fewer forwards")
-    parser.add_argument("--sjd-window", type=int, metavar="L",
-                        help="SJD draft tokens verified per forward; implies --sjd (default 16)")
-    parser.add_argument("--quant", metavar="MODE",
-                        help="quantize the decoder's linear weights: int8 (CPU and CUDA) or int4 (CUDA only)")
-    parser.add_argument("--out", default="outputs", help="output folder (default ./outputs)")
+    add_model_arguments(parser)
+    size = _model_default("size", "official 768x768")
+    parser.add_argument("--width", type=int, help=f"image width in pixels ({size})")
+    parser.add_argument("--height", type=int, help=f"image height in pixels ({size})")
+    parser.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt (default: 1)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="images decoded together; each batch is written before the next starts (default: 8)")
+    add_sampling_arguments(parser)
+    add_output_arguments(parser, "outputs", "output folder, created when missing")
+
+
+def file_slug(prompt: str, limit: int = SLUG_LENGTH) -> str:
+    """The prompt's words, lower case, joined by '-', cut at a word boundary to at most `limit` characters
+    (a first word longer than that is cut)."""
+    words = re.findall(r"\w+", prompt.lower())
+    slug = words[0][:limit] if words else ""
+    for word in words[1:]:
+        if len(slug) + 1 + len(word) > limit:
+            break
+        slug = f"{slug}-{word}"
+    return slug
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumina_mgpt.generation.pipeline import Pipeline, save_png
-    from lumina_mgpt.generation.speculative import DEFAULT_WINDOW
+    from tqdm.auto import tqdm
 
-    pipe = Pipeline.from_pretrained(
-        args.model, image_tokenizer=args.image_tokenizer, device=args.device, quant=args.quant
+    from lumina_mgpt.generation.pipeline import (
+        OutputFolder,
+        Pipeline,
+        check_prompts,
+        load_options,
+        plan_generation,
+        read_model_info,
     )
-    sjd_window = args.sjd_window if args.sjd_window is not None else DEFAULT_WINDOW if args.sjd else None
-    images = pipe.generate(
-        args.prompt, width=args.width, height=args.height, num_images=args.num_images, seed=args.seed,
-        cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, batch_size=args.batch_size,
-        sjd_window=sjd_window,
+
+    # Cheap checks first, all before the slow model load: prompts, device and quantization, the
+    # model folder's metadata (layout, defaults) with the sampling options, then the output folder.
+    check_prompts(args.prompt)
+    device, dtype = load_options(args.device, quant=args.quant)
+    info = read_model_info(args.model, args.image_tokenizer)
+    plan = plan_generation(
+        info.layout, info.defaults, args.prompt, width=args.width, height=args.height, num_images=args.num_images,
+        seed=args.seed, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+        batch_size=args.batch_size, sjd_window=sjd_window(args),
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(images):
-        prompt = args.prompt[i // args.num_images]
-        slug = "".join(c if c.isalnum() else "-" for c in prompt.lower())[:40].strip("-")
-        path = out / f"{i:03d}-{slug}-seed{args.seed + i}.png"
-        save_png(image, path)
-        print(path)
+    out = OutputFolder(args.out, overwrite=args.overwrite)
+    print(f"loading model from {info.folder}", file=sys.stderr)
+    pipe = Pipeline.from_model_info(info, device=device, dtype=dtype, quant=args.quant)
+
+    digits = max(3, len(str(len(plan) - 1)))
+    with tqdm(total=len(plan), desc="images", unit="img", file=sys.stderr) as bar:
+        for i, image in enumerate(pipe.run_plan(plan)):
+            slug = file_slug(plan.prompts[i])
+            name = f"{i:0{digits}d}-{slug}-seed{plan.seeds[i]}.png" if slug else f"{i:0{digits}d}-seed{plan.seeds[i]}.png"
+            path = out.save(image, name)
+            bar.write(str(path), file=sys.stdout)  # clears the bars, prints on a line of its own, redraws them
+            bar.update()
     return 0

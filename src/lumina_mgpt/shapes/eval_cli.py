@@ -1,38 +1,39 @@
-"""`lumina eval shapes`: run ShapesEval on a model (or on ground-truth renders) and print the
-per-category table; optionally write the full report as JSON."""
+"""`lumina eval shapes`: run ShapesEval on a model (or on ground-truth renders) and print what was
+evaluated (model, settings, seed) and the per-category table; optionally write the full report as JSON."""
 
 from __future__ import annotations
 
 import argparse
 
+from lumina_mgpt.generation.cli import add_model_arguments, add_sampling_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("benchmark", choices=["shapes"], help="the benchmark to run")
-    parser.add_argument("--model", default=None, help="model folder (default: the embedded model)")
+    add_model_arguments(parser)
     parser.add_argument(
-        "--limit", type=int, default=None, help="evaluate about N prompts, keeping category shares"
+        "--limit", type=int, default=None,
+        help="evaluate about N prompts, keeping category shares (default: all 553 held-out prompts)",
     )
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="prompts per generation call, at most 8 decoded together (default: 16)")
+    add_sampling_arguments(parser)
     parser.add_argument(
-        "--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's)"
+        "--out", "--json", dest="out", default=None, metavar="FILE",
+        help="write the report as JSON to FILE (default: none; --json is the old name)",
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="sampling seed of the first image; image k uses seed + k"
-    )
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts generated per call")
-    parser.add_argument("--top-k", type=int, default=None, help="image top-k (default: the model's)")
-    parser.add_argument("--sjd-window", type=int, default=None, help="decode with speculative Jacobi decoding")
-    parser.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace FILE if it exists (default: refuse)")
     parser.add_argument(
         "--ground-truth",
         action="store_true",
-        help="render each prompt's own spec instead of generating (checks the analyzer: ~1.0)",
+        help="render each prompt's own spec instead of generating (checks the analyzer: ~1.0) (default: off)",
     )
     parser.add_argument(
         "--degrade",
         default=None,
         metavar="KIND",
         help="with --ground-truth: degrade the renders first (downscale2, downscale4, jpeg30, "
-        "noise12, color_jitter, vq_like)",
+        "noise12, color_jitter, vq_like) (default: none)",
     )
 
 
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lumina_mgpt.errors import DataError
+    from lumina_mgpt.generation.pipeline import check_output_folder, check_seeds
     from lumina_mgpt.shapes.evaluate import (
         evaluate,
         format_table,
@@ -50,34 +52,75 @@ def run(args: argparse.Namespace) -> int:
     )
     from lumina_mgpt.shapes.prompts import load_eval_prompts
 
+    # Cheap checks first, before any model loads.
     if args.degrade is not None and not args.ground_truth:
-        raise DataError("--degrade only applies to --ground-truth renders")
+        raise DataError("--degrade only applies to --ground-truth renders; add --ground-truth or drop --degrade")
     prompts = list(load_eval_prompts())
     if args.limit is not None:
         prompts = limit_prompts(prompts, args.limit)
+    check_seeds(args.seed, len(prompts))
+    if args.out is not None:
+        out = Path(args.out)
+        if out.is_dir():
+            raise DataError(f"--out {out} is a folder; give the JSON report's file name")
+        if out.exists() and not args.overwrite:
+            raise DataError(f"--out {out} exists; pass --overwrite to replace it, or give another file")
+        check_output_folder(out.parent)
+
     if args.ground_truth:
         generate_fn = ground_truth_generator(prompts, args.seed, args.degrade)
+        print(f"ground truth: each prompt's own render (seed {args.seed}), degraded: {args.degrade or 'no'}")
     else:
-        from lumina_mgpt.generation.pipeline import Pipeline
-
-        pipe = Pipeline.from_pretrained(args.model)
-        generated = 0
-
-        def generate_fn(captions, width, height):
-            # Consecutive seeds over the whole run, so no two prompts share one.
-            nonlocal generated
-            seed = args.seed + generated
-            generated += len(captions)
-            return pipe.generate(
-                captions, width=width, height=height, cfg=args.cfg, seed=seed, top_k=args.top_k,
-                sjd_window=args.sjd_window, progress=False,
-            )
+        generate_fn = _model_generator(args)
+    print(f"seed: {args.seed} (prompt k of the run uses seed {args.seed} + k); prompts: {len(prompts)}")
 
     def show_progress(done: int, total: int) -> None:
         print(f"\r{done}/{total} prompts", end="" if done < total else "\n", file=sys.stderr)
 
     report = evaluate(generate_fn, prompts, batch_size=args.batch_size, progress=show_progress)
     print(format_table(report))
-    if args.json is not None:
-        write_report(report, Path(args.json))
+    if args.out is not None:
+        write_report(report, Path(args.out))
     return 0
+
+
+def _model_generator(args: argparse.Namespace):
+    """Load the model (after checking its options) and return the generate_fn that samples with them;
+    prints the model and the settings."""
+    import sys
+
+    from lumina_mgpt.generation.cli import sjd_window
+    from lumina_mgpt.generation.pipeline import (
+        Pipeline,
+        check_integer,
+        check_sjd_window,
+        load_options,
+        make_settings,
+        read_model_info,
+    )
+
+    check_integer("--batch-size", args.batch_size, 1, "prompts per generation call")
+    window = check_sjd_window(sjd_window(args))
+    device, dtype = load_options(args.device, quant=args.quant)
+    info = read_model_info(args.model, args.image_tokenizer)
+    settings = make_settings(info.defaults, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
+    print(f"loading model from {info.folder}", file=sys.stderr)
+    pipe = Pipeline.from_model_info(info, device=device, dtype=dtype, quant=args.quant)
+    print(f"model: {info.folder} (layout {info.layout.name}, device {device})")
+    print(
+        f"settings: cfg {settings.cfg:g}, temperature {settings.image.temperature:g}, top-k {settings.image.top_k}, "
+        f"top-p {settings.image.top_p:g}, " + (f"SJD window {window}" if window else "plain decoding")
+    )
+    generated = 0
+
+    def generate_fn(captions, width, height):
+        # Consecutive seeds over the whole run, so no two prompts share one.
+        nonlocal generated
+        seed = args.seed + generated
+        generated += len(captions)
+        return pipe.generate(
+            captions, width=width, height=height, seed=seed, cfg=settings.cfg, top_k=settings.image.top_k,
+            top_p=settings.image.top_p, temperature=settings.image.temperature, sjd_window=window, progress=False,
+        )
+
+    return generate_fn

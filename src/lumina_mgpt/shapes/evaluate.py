@@ -152,12 +152,13 @@ def ground_truth_generator(
 
 
 def format_table(report: Report) -> str:
-    """A plain-text table: one row per category, then the overall score."""
+    """A plain-text table: one row per category, then the overall score and what it means."""
     counts = report.category_counts()
     lines = [f"{'category':<14} {'prompts':>7} {'accuracy':>8}"]
     for category, accuracy in report.category_accuracy().items():
         lines.append(f"{category:<14} {counts[category]:>7} {accuracy:>8.3f}")
     lines.append(f"{'overall':<14} {len(report.results):>7} {report.overall:>8.3f}")
+    lines.append("(overall: the mean over categories, each weighing the same whatever its number of prompts)")
     return "\n".join(lines)
 
 
