@@ -9,7 +9,7 @@ max_seq_len = 4096               # longer samples are skipped (default: the mode
 
 [model]                          # exactly one of preset / path
 preset = "tiny"                  # a ModelConfig preset, initialised from `seed` ...
-path = "ckpts/Lumina-mGPT-7B-768"  # ... or an HF folder to fine-tune
+path = "ckpts/Lumina-mGPT-7B-768"  # ... or an HF folder to fine-tune ("embedded": the embedded shapes model)
 vocab_size = 512                 # presets only: any ModelConfig field (hidden_size, ...) replaces the preset's
 dropout = 0.05                   # residual dropout (also replaces a folder's value)
 assets = "ckpts/x"               # files copied next to every exported model (tokenizers ...); default: path
@@ -65,6 +65,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as the `tomli` pack
     import tomli as tomllib
 
 from lumina_mgpt.errors import TrainingError
+from lumina_mgpt.model_folder import EMBEDDED_ALIAS, resolve_model
 from lumina_mgpt.training.lora import LORA_TARGETS
 
 SCHEDULES = ("cosine", "constant")
@@ -215,7 +216,10 @@ def _parse_model(table: dict[str, Any], base_dir: Path) -> ModelSource:
     dropout = _typed(table, "dropout", (float,), "model")
     if dropout is not None and not 0.0 <= dropout < 1.0:
         raise TrainingError(f"model.dropout = {dropout} is invalid; accepted: a probability in [0, 1)")
-    resolved_path = _resolve(base_dir, path)
+    if path == EMBEDDED_ALIAS:
+        resolved_path = resolve_model(path)  # wherever the package is installed
+    else:
+        resolved_path = _resolve(base_dir, path)
     return ModelSource(
         preset=preset,
         path=resolved_path,

@@ -12,7 +12,10 @@ EVAL_CROPS = 64
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `lumina train-vq`."""
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--data", type=Path, help="folder of training images (the last tenth is held out)")
+    source.add_argument(
+        "--data", type=Path,
+        help="folder of training images, the last tenth held out (no default: give --data or --skimage-photos)",
+    )
     source.add_argument("--skimage-photos", action="store_true", help="random crops of scikit-image's bundled photos")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder (a loadable tokenizer folder)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
