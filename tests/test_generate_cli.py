@@ -209,7 +209,8 @@ def test_help_shows_the_models_real_defaults():
     embedded = json.loads(EMBEDDED_PROJECT_FILE.read_text())["defaults"]
     actions = options(verb_parser("generate"))
     v1, v2 = FAMILY_DEFAULTS["lumina-mgpt"], FAMILY_DEFAULTS["lumina-mgpt-2"]
-    assert f"embedded model {embedded['temperature']}, official v1/v2 {v1['temperature']}" in actions["--temperature"].help
+    temperature = f"embedded model {embedded['temperature']}, official v1/v2 {v1['temperature']}"
+    assert temperature in actions["--temperature"].help
     assert v1["temperature"] == v2["temperature"] and v1["cfg"] == v2["cfg"]
     assert f"embedded model {embedded['cfg']}, official v1/v2 {v1['cfg']}" in actions["--cfg"].help
     assert (f"embedded model {embedded['image_top_k']}, official v1 {v1['image_top_k']}, v2 {v2['image_top_k']}"

@@ -68,7 +68,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sampling temperature, >= 0; 0 is greedy "
                              f"({_model_default('temperature', 'official v1/v2 1.0')})")
     parser.add_argument("--sjd", action="store_true",
-                        help="speculative Jacobi decoding: the same image distribution in fewer forwards (default: off)")
+                        help="speculative Jacobi decoding: the same image distribution in fewer forwards "
+                             "(default: off)")
     parser.add_argument("--sjd-window", type=int, metavar="L",
                         help="SJD draft tokens verified per forward; implies --sjd (default: 16)")
 
@@ -144,8 +145,8 @@ def run(args: argparse.Namespace) -> int:
     digits = max(3, len(str(len(plan) - 1)))
     with tqdm(total=len(plan), desc="images", unit="img", file=sys.stderr) as bar:
         for i, image in enumerate(pipe.run_plan(plan)):
-            slug = file_slug(plan.prompts[i])
-            name = f"{i:0{digits}d}-{slug}-seed{plan.seeds[i]}.png" if slug else f"{i:0{digits}d}-seed{plan.seeds[i]}.png"
+            words = file_slug(plan.prompts[i])
+            name = f"{i:0{digits}d}-{words + '-' if words else ''}seed{plan.seeds[i]}.png"
             path = out.save(image, name)
             bar.write(str(path), file=sys.stdout)  # clears the bars, prints on a line of its own, redraws them
             bar.update()

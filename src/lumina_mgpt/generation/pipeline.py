@@ -146,7 +146,7 @@ class GenerationPlan:
         """(image indices, prompts, seeds) of each batch, in order."""
         for start in range(0, len(self), self.batch_size):
             indices = range(start, min(start + self.batch_size, len(self)))
-            yield indices, list(self.prompts[indices.start: indices.stop]), list(self.seeds[indices.start: indices.stop])
+            yield indices, list(self.prompts[start: indices.stop]), list(self.seeds[start: indices.stop])
 
 
 # ---------------------------------------------------------------------- argument checks
@@ -274,11 +274,11 @@ def make_settings(
 ) -> GenerationSettings:
     """Checked generation settings, with `defaults` where an argument is None."""
     temperature = check_temperature("temperature", defaults.temperature if temperature is None else temperature)
+    image_top_k = check_top_k("top_k", defaults.image_top_k if top_k is None else top_k)
+    text_top_k = check_top_k("text top_k", defaults.text_top_k if text_top_k is None else text_top_k)
     return GenerationSettings(
-        image=SamplingSettings(
-            temperature, check_top_k("top_k", defaults.image_top_k if top_k is None else top_k), check_top_p("top_p", top_p)
-        ),
-        text=SamplingSettings(temperature, check_top_k("text top_k", defaults.text_top_k if text_top_k is None else text_top_k)),
+        image=SamplingSettings(temperature, image_top_k, check_top_p("top_p", top_p)),
+        text=SamplingSettings(temperature, text_top_k),
         cfg=check_cfg("cfg", defaults.cfg if cfg is None else cfg),
     )
 
@@ -326,7 +326,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if count == 0:
             raise GenerationError(f"device {device!r} needs a CUDA GPU, but torch sees none on this machine; use cpu")
         if parsed.index is not None and parsed.index >= count:
-            raise GenerationError(f"device {device!r} does not exist: torch sees {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+            raise GenerationError(
+                f"device {device!r} does not exist: torch sees {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
+            )
     elif parsed.type == "mps":
         if not torch.backends.mps.is_available():
             raise GenerationError(f"device {device!r} needs Apple's MPS, which torch does not see here; use cpu")
@@ -362,7 +364,9 @@ def model_folder(path: str | os.PathLike | None) -> Path:
     return folder
 
 
-def read_model_info(path: str | os.PathLike | None = None, image_tokenizer: str | os.PathLike | None = None) -> ModelInfo:
+def read_model_info(
+    path: str | os.PathLike | None = None, image_tokenizer: str | os.PathLike | None = None
+) -> ModelInfo:
     """Layout, defaults, tasks and tokenizers of a project or official folder, without loading the model."""
     from lumina_mgpt.text import TextTokenizer
 
@@ -450,7 +454,11 @@ def write_project_file(
     folder: str | os.PathLike, layout: VocabLayout, defaults: Defaults, tasks: Sequence[str] = PROJECT_DEFAULT_TASKS
 ) -> Path:
     """Write the `lumina.json` that makes a model folder a project folder (layout, sampling defaults, tasks)."""
-    meta = {"layout": layout.to_dict(), "defaults": {**asdict(defaults), "size": list(defaults.size)}, "tasks": list(tasks)}
+    meta = {
+        "layout": layout.to_dict(),
+        "defaults": {**asdict(defaults), "size": list(defaults.size)},
+        "tasks": list(check_tasks(tasks)),
+    }
     return write_text_atomically(Path(folder) / PROJECT_FILE, json.dumps(meta, indent=2))
 
 
@@ -534,7 +542,9 @@ class Pipeline:
         text_top_k: int | None = None,
     ) -> GenerationSettings:
         """Generation settings with this model's defaults filled in (checked: see `make_settings`)."""
-        return make_settings(self.defaults, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature, text_top_k=text_top_k)
+        return make_settings(
+            self.defaults, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature, text_top_k=text_top_k
+        )
 
     def prompt_ids(self, prompt: str, width: int, height: int) -> np.ndarray:
         """The ids of the resolution-aware text-to-image prompt, ending with the separator."""
@@ -690,10 +700,11 @@ class Pipeline:
         the output) and "codes" (that row's codes, an int64 array (batch size, codes per row)). Its
         return value is ignored.
         """
-        count = len(check_prompts(prompt)) * check_integer("num_images_per_prompt", num_images_per_prompt, 1, "images per prompt")
+        per_prompt = check_integer("num_images_per_prompt", num_images_per_prompt, 1, "images per prompt")
+        seeds = _generator_seeds(generator, len(check_prompts(prompt)) * per_prompt)
         plan = self.plan(
-            prompt, width=width, height=height, num_images=num_images_per_prompt, seed=_generator_seeds(generator, count),
-            cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature, batch_size=batch_size, sjd_window=sjd_window,
+            prompt, width=width, height=height, num_images=per_prompt, seed=seeds, cfg=cfg, top_k=top_k, top_p=top_p,
+            temperature=temperature, batch_size=batch_size, sjd_window=sjd_window,
         )
         on_row = None
         if callback_on_step_end is not None:
@@ -775,7 +786,9 @@ def _generator_seeds(generator: object, count: int) -> int | list[int]:
         return generator.initial_seed()
     if isinstance(generator, Sequence) and all(isinstance(g, torch.Generator) for g in generator):
         if len(generator) != count:
-            raise GenerationError(f"got {len(generator)} generators for {count} images; give one generator, or one per image")
+            raise GenerationError(
+                f"got {len(generator)} generators for {count} images; give one generator, or one per image"
+            )
         return [g.initial_seed() for g in generator]
     raise GenerationError(
         f"generator must be a torch.Generator or a list of one per image, got {type(generator).__name__}"

@@ -103,7 +103,9 @@ def _model_generator(args: argparse.Namespace):
     window = check_sjd_window(sjd_window(args))
     device, dtype = load_options(args.device, quant=args.quant)
     info = read_model_info(args.model, args.image_tokenizer)
-    settings = make_settings(info.defaults, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
+    settings = make_settings(
+        info.defaults, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature
+    )
     print(f"loading model from {info.folder}", file=sys.stderr)
     pipe = Pipeline.from_model_info(info, device=device, dtype=dtype, quant=args.quant)
     print(f"model: {info.folder} (layout {info.layout.name}, device {device})")
