@@ -8,11 +8,11 @@ import functools
 import json
 import re
 import sys
-from pathlib import Path
 
-# pipeline.EMBEDDED_MODEL / PROJECT_FILE, spelled out here: the pipeline module imports torch, and
-# help must stay fast.
-EMBEDDED_PROJECT_FILE = Path(__file__).resolve().parent.parent / "assets" / "shapes-model" / "lumina.json"
+from lumina_mgpt.model_folder import EMBEDDED_MODEL
+
+# pipeline.PROJECT_FILE, spelled out here: the pipeline module imports torch, and help must stay fast.
+EMBEDDED_PROJECT_FILE = EMBEDDED_MODEL / "lumina.json"
 SLUG_LENGTH = 40
 
 
@@ -38,7 +38,8 @@ def _model_default(key: str, official: str) -> str:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --image-tokenizer, --device and --quant: which model to load, and how."""
-    parser.add_argument("--model", help="model folder, project or official (default: the embedded shapes model)")
+    parser.add_argument("--model", help="model folder (project or official), hub id (owner/name) or 'embedded' "
+                                         "(default: the embedded shapes model)")
     parser.add_argument("--image-tokenizer",
                         help="image tokenizer file or folder (default: the model's, found in or above its folder)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)")

@@ -55,9 +55,9 @@ from lumina_mgpt.formats import (
 )
 from lumina_mgpt.generation.engine import Engine, GenerationSettings, RowCallback
 from lumina_mgpt.generation.sampling import SamplingSettings
+from lumina_mgpt.model_folder import EMBEDDED_MODEL, resolve_model
 
 PROJECT_FILE = "lumina.json"
-EMBEDDED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "shapes-model"
 
 # Official sampling defaults (docs/FORMATS.md, "Sampling defaults in the official code").
 FAMILY_DEFAULTS = {
@@ -354,13 +354,11 @@ def load_options(
 
 # ---------------------------------------------------------------------- model folders
 def model_folder(path: str | os.PathLike | None) -> Path:
-    """The model folder `path` names (None: the embedded shapes model); GenerationError if it holds no model."""
-    folder = Path(path) if path is not None else EMBEDDED_MODEL
+    """The model folder `path` names: a folder, a hub id, "embedded" or None (the embedded shapes model), see
+    `lumina_mgpt.model_folder.resolve_model`; GenerationError if it holds no model."""
+    folder = resolve_model(path)
     if not (folder / "config.json").is_file():
-        hint = ""
-        if path is None:
-            hint = " (the embedded model is not in this checkout: `python -m lumina_mgpt.shapes.build` makes it)"
-        raise GenerationError(f"{folder} is not a model folder: config.json is missing{hint}")
+        raise GenerationError(f"{folder} is not a model folder: config.json is missing")
     return folder
 
 
