@@ -1,29 +1,40 @@
 """Training data: sources (conversation JSON/JSONL, image + prompt records, Parquet), pre-tokenization
-into Parquet token shards with a manifest, and length-grouped, resumable, distributed batching."""
+into Parquet token shards with a manifest, and length-grouped, resumable, distributed batching.
 
-from lumina_mgpt.data.batching import ConcatTokens, LengthGroupedBatches, MixedBatches
-from lumina_mgpt.data.fingerprints import DataFingerprint, data_fingerprint
-from lumina_mgpt.data.loader import BatchPlan, Collator, LengthLimited, Sample, TokenDataset
-from lumina_mgpt.data.pretokenizer import pretokenize
-from lumina_mgpt.data.shard_encoder import PretokenizeSettings, Tokenizers
-from lumina_mgpt.data.sources import BadRecord, ParquetColumns, Record, RecordIndex
+The names below are imported from their modules on first use: `lumina pretokenize --help` imports
+this package (for lumina_mgpt.data.pretokenize_cli) and must not wait for torch, numpy or pyarrow.
+"""
 
-__all__ = [
-    "BadRecord",
-    "BatchPlan",
-    "Collator",
-    "ConcatTokens",
-    "DataFingerprint",
-    "LengthGroupedBatches",
-    "LengthLimited",
-    "MixedBatches",
-    "ParquetColumns",
-    "PretokenizeSettings",
-    "Record",
-    "RecordIndex",
-    "Sample",
-    "TokenDataset",
-    "Tokenizers",
-    "data_fingerprint",
-    "pretokenize",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ConcatTokens": "batching",
+    "LengthGroupedBatches": "batching",
+    "MixedBatches": "batching",
+    "DataFingerprint": "fingerprints",
+    "data_fingerprint": "fingerprints",
+    "BatchPlan": "loader",
+    "Collator": "loader",
+    "LengthLimited": "loader",
+    "Sample": "loader",
+    "TokenDataset": "loader",
+    "pretokenize": "pretokenizer",
+    "PretokenizeSettings": "shard_encoder",
+    "Tokenizers": "shard_encoder",
+    "BadRecord": "sources",
+    "ParquetColumns": "sources",
+    "Record": "sources",
+    "RecordIndex": "sources",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
