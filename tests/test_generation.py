@@ -40,7 +40,8 @@ def full_logits(model, ids):
 
 
 def test_greedy_cfg_equals_formula_from_separate_forwards(layout):
-    """Every greedy code is the argmax of uncond + s*(cond - uncond) computed from two full forwards."""
+    """Every greedy code is the argmax of uncond + s*(cond - uncond) computed from two full forwards, up to
+    float32 noise: the engine's cached, batched forwards round differently, so a near-tie may go either way."""
     model = tiny_model(layout)
     engine = Engine(model, layout)
     cfg = 3.0
@@ -58,7 +59,7 @@ def test_greedy_cfg_equals_formula_from_separate_forwards(layout):
                 cond = full_logits(model, prompt + header + body)[code_ids]
                 uncond = full_logits(model, header + body)[code_ids]
                 guided = uncond + cfg * (cond - uncond)
-                assert int(guided.argmax()) == grid[r, c]
+                assert guided[grid[r, c]] >= guided.max() - 1e-4 * guided.abs().max()
                 body.append(layout.code_ids[grid[r, c]])
             body.append(layout.end_line_id)
 
