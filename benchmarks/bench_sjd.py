@@ -20,9 +20,10 @@ import torch
 
 from lumina_mgpt.formats import get_layout, grid_shape
 from lumina_mgpt.generation.engine import Engine, GenerationSettings
-from lumina_mgpt.generation.pipeline import FAMILY_DEFAULTS, Pipeline
+from lumina_mgpt.generation.pipeline import Pipeline
 from lumina_mgpt.generation.sampling import SamplingSettings
 from lumina_mgpt.model import ModelConfig, Transformer, quantize_model
+from lumina_mgpt.model_folder import FAMILY_DEFAULTS
 
 SMALL = dict(hidden_size=512, intermediate_size=1376, num_layers=8, num_heads=8, num_kv_heads=8)
 PROMPTS = ["a red circle above a blue square", "two green triangles", "a yellow star on the left",
@@ -49,9 +50,9 @@ def random_setup(args):
     official = FAMILY_DEFAULTS["lumina-mgpt"]  # the random model is v1-shaped
     settings = GenerationSettings(
         image=SamplingSettings(
-            temperature=official["temperature"], top_k=official["image_top_k"] if args.top_k is None else args.top_k
+            temperature=official.temperature, top_k=official.image_top_k if args.top_k is None else args.top_k
         ),
-        cfg=official["cfg"] if args.cfg is None else args.cfg,
+        cfg=official.cfg if args.cfg is None else args.cfg,
     )
     description = f"random {config.num_parameters / 1e6:.0f}M model, head x{args.logit_scale}"
     return Engine(model, layout), layout, prompts, settings, description

@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     if not args.tokenizers:
-        from lumina_mgpt.generation.pipeline import EMBEDDED_MODEL
+        from lumina_mgpt.model_folder import EMBEDDED_MODEL
 
         args.tokenizers = [str(EMBEDDED_MODEL / "image_tokenizer")]
     print("| tokenizer | distinct patches | H(code given patch) nats | codes of the background patch (top share) "

@@ -2,7 +2,8 @@
 
 import pytest
 
-from lumina_mgpt.generation.pipeline import EMBEDDED_MODEL, Pipeline
+from lumina_mgpt.generation.pipeline import Pipeline
+from lumina_mgpt.model_folder import EMBEDDED_MODEL
 from lumina_mgpt.shapes import CANVAS_SIZES
 
 pytestmark = pytest.mark.skipif(

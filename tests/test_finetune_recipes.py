@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from lumina_mgpt.cli import main
-from lumina_mgpt.generation.pipeline import EMBEDDED_MODEL, Pipeline
+from lumina_mgpt.generation.pipeline import Pipeline
+from lumina_mgpt.model_folder import EMBEDDED_MODEL
 from lumina_mgpt.shapes.dataset import write_dataset
 from lumina_mgpt.training.checkpoint import CHECKPOINTS, LOG_FILE, LORA_FILE, MODEL_DIR, periodic_name
 from lumina_mgpt.training.recipe import Recipe

@@ -13,9 +13,11 @@ from PIL import Image
 from lumina_mgpt import cli
 from lumina_mgpt.cli import main
 from lumina_mgpt.errors import LuminaError
-from lumina_mgpt.generation.cli import EMBEDDED_PROJECT_FILE, file_slug
+from lumina_mgpt.generation.cli import EMBEDDED_PROJECT_FILE
+from lumina_mgpt.generation.outputs import file_slug
 from lumina_mgpt.generation.engine import Engine
-from lumina_mgpt.generation.pipeline import EMBEDDED_MODEL, FAMILY_DEFAULTS, PROJECT_FILE, Pipeline
+from lumina_mgpt.generation.pipeline import Pipeline
+from lumina_mgpt.model_folder import EMBEDDED_MODEL, FAMILY_DEFAULTS, PROJECT_FILE
 
 TINY = ["--width", "32", "--height", "32", "--device", "cpu"]
 
@@ -209,14 +211,14 @@ def test_help_shows_the_models_real_defaults():
     embedded = json.loads(EMBEDDED_PROJECT_FILE.read_text())["defaults"]
     actions = options(verb_parser("generate"))
     v1, v2 = FAMILY_DEFAULTS["lumina-mgpt"], FAMILY_DEFAULTS["lumina-mgpt-2"]
-    temperature = f"embedded model {embedded['temperature']}, official v1/v2 {v1['temperature']}"
+    temperature = f"embedded model {embedded['temperature']}, official v1/v2 {v1.temperature}"
     assert temperature in actions["--temperature"].help
-    assert v1["temperature"] == v2["temperature"] and v1["cfg"] == v2["cfg"]
-    assert f"embedded model {embedded['cfg']}, official v1/v2 {v1['cfg']}" in actions["--cfg"].help
-    assert (f"embedded model {embedded['image_top_k']}, official v1 {v1['image_top_k']}, v2 {v2['image_top_k']}"
+    assert v1.temperature == v2.temperature and v1.cfg == v2.cfg
+    assert f"embedded model {embedded['cfg']}, official v1/v2 {v1.cfg}" in actions["--cfg"].help
+    assert (f"embedded model {embedded['image_top_k']}, official v1 {v1.image_top_k}, v2 {v2.image_top_k}"
             in actions["--top-k"].help)
     size = "x".join(map(str, embedded["size"]))
-    assert f"embedded model {size}, official {v1['size'][0]}x{v1['size'][1]}" in actions["--width"].help
+    assert f"embedded model {size}, official {v1.size[0]}x{v1.size[1]}" in actions["--width"].help
     assert f"(default: {DEFAULT_WINDOW})" in actions["--sjd-window"].help
 
 
@@ -237,7 +239,7 @@ def test_eval_prints_what_it_ran_and_drives_the_pipeline(tmp_path, monkeypatch, 
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"model: {EMBEDDED_MODEL} (layout compact, device cpu)" in out
-    assert "settings: cfg 3, temperature 0.25, top-k 128, top-p 0.9, plain decoding" in out
+    assert "settings: cfg 3 (constant), temperature 0.25, top-k 128, top-p 0.9, plain decoding" in out
     assert "seed: 4 (prompt k of the run uses seed 4 + k)" in out
     assert "(overall: the mean over categories" in out
     assert re.search(r"overall\s+\d+\s+0\.000", out)

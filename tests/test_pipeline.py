@@ -6,14 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from lumina_mgpt.errors import GenerationError, TokenizerError
-from lumina_mgpt.generation.pipeline import TASKS, Pipeline, save_png
-
 from model_fixtures import TINY_VQ_CONFIG
+from PIL import Image
 from vision_fixtures import chameleon_yaml, official_state_dict
 from vocab_fixtures import chameleon_like_tokenizer, qwen_like_tokenizer
+
+from lumina_mgpt.errors import GenerationError, TokenizerError
+from lumina_mgpt.generation.outputs import save_png
+from lumina_mgpt.generation.pipeline import Pipeline
+from lumina_mgpt.model_folder import TASKS
 
 
 def official_folder(root: Path, family: str) -> Path:
@@ -48,6 +49,10 @@ def test_official_folder_generates_images_of_the_requested_size(tmp_path, family
     assert pipe.layout.name == {"v1": "lumina-mgpt", "v2": "lumina-mgpt-2"}[family]
     assert pipe.defaults.image_top_k == {"v1": 2000, "v2": 4096}[family]
     assert pipe.tasks == {"v1": ("text-to-image", "chat"), "v2": ("text-to-image",)}[family]
+    # Official v2 plain decoding decays its guidance; v1 keeps it constant (docs/FORMATS.md).
+    schedule = {"v1": "constant", "v2": "decay-to-4"}[family]
+    assert pipe.defaults.cfg_schedule == pipe.settings().cfg_schedule == schedule
+    assert pipe.settings(cfg_schedule="constant").cfg_schedule == "constant"
     if family == "v2":
         with pytest.raises(GenerationError, match="not trained for 'chat'"):
             pipe.chat(["hello"])
@@ -72,6 +77,7 @@ def test_project_folder_round_trip_and_png_metadata(tmp_path):
     with Image.open(tmp_path / "a.png") as loaded:
         meta = json.loads(loaded.text["parameters"])
     assert meta["prompt"] == "a red circle" and meta["seed"] == 3 and meta["width"] == 64 and meta["cfg"] == 4.0
+    assert meta["cfg_schedule"] == again.defaults.cfg_schedule == "constant"
 
 
 def test_cli_generate_writes_pngs(tmp_path):

@@ -15,18 +15,15 @@ import torch
 from PIL import Image
 
 from lumina_mgpt.errors import FormatError, GenerationError
-from lumina_mgpt.generation.pipeline import (
+from lumina_mgpt.generation.checks import MAX_SEED
+from lumina_mgpt.generation.outputs import OutputFolder, check_output_folder, save_png
+from lumina_mgpt.generation.pipeline import Pipeline, resolve_device
+from lumina_mgpt.model_folder import (
     EMBEDDED_MODEL,
-    MAX_SEED,
     PROJECT_FILE,
     Defaults,
-    OutputFolder,
-    Pipeline,
-    check_output_folder,
     read_model_info,
     read_project_file,
-    resolve_device,
-    save_png,
 )
 
 SIZE = dict(width=32, height=32)  # the embedded layout's smallest square with a few rows: 4 x 4 codes

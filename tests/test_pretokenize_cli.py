@@ -16,7 +16,7 @@ from lumina_mgpt.cli import main
 from lumina_mgpt.data import TokenDataset
 from lumina_mgpt.data.manifest import read_manifest
 from lumina_mgpt.data.pretokenizer import POOR_RECONSTRUCTION_DB
-from lumina_mgpt.generation.pipeline import EMBEDDED_MODEL, PROJECT_FILE
+from lumina_mgpt.model_folder import EMBEDDED_MODEL, PROJECT_FILE
 from lumina_mgpt.shapes.dataset import write_dataset
 
 

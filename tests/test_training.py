@@ -398,7 +398,8 @@ def overfit_setup(tmp_path_factory) -> Path:
 
     from lumina_mgpt.cli import main
     from lumina_mgpt.formats import get_layout
-    from lumina_mgpt.generation.pipeline import Defaults, Pipeline
+    from lumina_mgpt.generation.pipeline import Pipeline
+    from lumina_mgpt.model_folder import Defaults
     from lumina_mgpt.text import TextTokenizer
     from lumina_mgpt.vision import ImageTokenizer, VQConfig
 

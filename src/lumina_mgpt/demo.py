@@ -12,7 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lumina_mgpt.generation.cli import add_model_arguments, add_output_arguments, add_seed_argument
+from lumina_mgpt.generation.cli import (
+    add_model_arguments,
+    add_output_arguments,
+    add_seed_argument,
+)
 
 DEMO_PROMPTS = (
     "a red circle to the left of a blue square",
@@ -40,8 +44,9 @@ def untrained_shapes_pipeline(folder: Path, seed: int = 0):
     import torch
 
     from lumina_mgpt.formats import get_layout
-    from lumina_mgpt.generation.pipeline import Defaults, Pipeline
+    from lumina_mgpt.generation.pipeline import Pipeline
     from lumina_mgpt.model import ModelConfig, Transformer
+    from lumina_mgpt.model_folder import Defaults
     from lumina_mgpt.shapes import CATEGORIES
     from lumina_mgpt.shapes.examples import sample_training_caption
     from lumina_mgpt.text import TextTokenizer
@@ -67,15 +72,10 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from lumina_mgpt.generation.pipeline import (
-        EMBEDDED_MODEL,
-        OutputFolder,
-        Pipeline,
-        check_image_dimensions,
-        check_seeds,
-        load_options,
-        read_model_info,
-    )
+    from lumina_mgpt.generation.checks import check_image_dimensions, check_seeds
+    from lumina_mgpt.generation.outputs import OutputFolder
+    from lumina_mgpt.generation.pipeline import Pipeline, load_options
+    from lumina_mgpt.model_folder import EMBEDDED_MODEL, read_model_info
 
     start = time.perf_counter()
     check_seeds(args.seed, len(DEMO_PROMPTS))

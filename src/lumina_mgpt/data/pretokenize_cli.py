@@ -124,7 +124,7 @@ def load_tokenizers(args: argparse.Namespace):
 
     from lumina_mgpt.data.shard_encoder import Tokenizers
     from lumina_mgpt.formats import get_layout
-    from lumina_mgpt.generation.pipeline import PROJECT_FILE, read_model_info, read_project_file
+    from lumina_mgpt.model_folder import PROJECT_FILE, read_model_info, read_project_file
     from lumina_mgpt.model import read_config
     from lumina_mgpt.model_folder import resolve_model
     from lumina_mgpt.text import TextTokenizer

@@ -6,14 +6,11 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import re
 import sys
 
-from lumina_mgpt.model_folder import EMBEDDED_MODEL
+from lumina_mgpt.model_folder import EMBEDDED_MODEL, PROJECT_FILE
 
-# pipeline.PROJECT_FILE, spelled out here: the pipeline module imports torch, and help must stay fast.
-EMBEDDED_PROJECT_FILE = EMBEDDED_MODEL / "lumina.json"
-SLUG_LENGTH = 40
+EMBEDDED_PROJECT_FILE = EMBEDDED_MODEL / PROJECT_FILE
 
 
 @functools.lru_cache(maxsize=1)
@@ -68,6 +65,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float,
                         help="sampling temperature, >= 0; 0 is greedy "
                              f"({_model_default('temperature', 'official v1/v2 1.0')})")
+    parser.add_argument("--cfg-schedule", metavar="NAME",
+                        help="how the guidance scale moves along the image: constant, or decay-to-4 (official v2: "
+                             "shrinks to 4 along the image, and raises a scale below 4 to 4) "
+                             "(default: the model's; official v2 decay-to-4, others constant)")
     parser.add_argument("--sjd", action="store_true",
                         help="speculative Jacobi decoding: the same image distribution in fewer forwards "
                              "(default: off)")
@@ -105,29 +106,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_arguments(parser, "outputs", "output folder, created when missing")
 
 
-def file_slug(prompt: str, limit: int = SLUG_LENGTH) -> str:
-    """The prompt's words, lower case, joined by '-', cut at a word boundary to at most `limit` characters
-    (a first word longer than that is cut)."""
-    words = re.findall(r"\w+", prompt.lower())
-    slug = words[0][:limit] if words else ""
-    for word in words[1:]:
-        if len(slug) + 1 + len(word) > limit:
-            break
-        slug = f"{slug}-{word}"
-    return slug
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from lumina_mgpt.generation.pipeline import (
-        OutputFolder,
-        Pipeline,
-        check_prompts,
-        load_options,
-        plan_generation,
-        read_model_info,
-    )
+    from lumina_mgpt.generation.checks import check_prompts
+    from lumina_mgpt.generation.outputs import OutputFolder, file_slug
+    from lumina_mgpt.generation.pipeline import Pipeline, load_options, plan_generation
+    from lumina_mgpt.model_folder import read_model_info
 
     # Cheap checks first, all before the slow model load: prompts, device and quantization, the
     # model folder's metadata (layout, defaults) with the sampling options, then the output folder.
@@ -137,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_generation(
         info.layout, info.defaults, args.prompt, width=args.width, height=args.height, num_images=args.num_images,
         seed=args.seed, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-        batch_size=args.batch_size, sjd_window=sjd_window(args),
+        cfg_schedule=args.cfg_schedule, batch_size=args.batch_size, sjd_window=sjd_window(args),
     )
     out = OutputFolder(args.out, overwrite=args.overwrite)
     print(f"loading model from {info.folder}", file=sys.stderr)

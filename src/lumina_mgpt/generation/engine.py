@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from lumina_mgpt.errors import GenerationError
 from lumina_mgpt.formats import VocabLayout, check_image_size, grid_shape
+from lumina_mgpt.generation.checks import check_cfg_schedule
 from lumina_mgpt.generation.sampling import STREAM_ACCEPT, STREAM_SAMPLE, SamplingSettings, sample
 from lumina_mgpt.generation.speculative import (
     correction,
@@ -43,7 +44,6 @@ TEXT_MODE = -1
 # Cache lengths are rounded up to this, so that nearby requests share one cache (and one CUDA graph).
 CACHE_LENGTH_STEP = 256
 RowCallback = Callable[[int, np.ndarray], None]
-CFG_SCHEDULES = ("constant", "decay-to-4")
 # The official v2 schedule never guides more weakly than this.
 DECAY_FLOOR = 4.0
 
@@ -66,10 +66,7 @@ class GenerationSettings:
     def __post_init__(self):
         if not self.cfg >= 0:
             raise GenerationError(f"cfg must be >= 0 (1 means no guidance), got {self.cfg}")
-        if self.cfg_schedule not in CFG_SCHEDULES:
-            raise GenerationError(
-                f"unknown cfg_schedule {self.cfg_schedule!r}; accepted: {', '.join(CFG_SCHEDULES)}"
-            )
+        check_cfg_schedule(self.cfg_schedule)
 
     @property
     def guided(self) -> bool:

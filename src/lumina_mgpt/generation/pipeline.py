@@ -8,19 +8,7 @@
     output = pipe("a red circle", num_images_per_prompt=4, generator=torch.Generator().manual_seed(7))
     output.images                                  # diffusers-style: output_type "pil", "np" or "codes"
 
-A folder is one of
-- a project folder (written by `Pipeline.save_pretrained` / `lumina train`): `lumina.json`
-  (layout, sampling defaults, tasks), the model (`config.json` + safetensors), `tokenizer.json`
-  and the image tokenizer in `image_tokenizer/`;
-- an official Lumina-mGPT (v1) or Lumina-mGPT 2.0 folder: the family is read from config.json,
-  the text tokenizer from the folder, and the image tokenizer (`vqgan.ckpt` or
-  `movqgan_270M.ckpt`) from `image_tokenizer=` or found in or above the folder.
-
-Tasks: what a model was trained to do, "text-to-image" and/or "chat" (answering text, about
-images too). A project folder lists them in lumina.json's "tasks" (text-to-image alone when the
-field is absent: `lumina train` on text-to-image data teaches nothing else); official v1 folders
-chat, official v2 text-to-image checkpoints do not. A call the model was not trained for is refused
-instead of returning what an untrained head happens to say.
+Model folders (project, official, hub ids, the embedded model) are read by `lumina_mgpt.model_folder`.
 
 Every argument is checked before any compute, with a one-line GenerationError (or FormatError for
 sizes) saying what is accepted; `lumina generate` runs the same checks before loading the model.
@@ -29,52 +17,48 @@ sizes) saying what is accepted; `lumina generate` runs the same checks before lo
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from lumina_mgpt.atomic import write_text_atomically
-from lumina_mgpt.errors import GenerationError, LuminaError
+from lumina_mgpt.errors import GenerationError
 from lumina_mgpt.formats import (
     IMAGE_PLACEHOLDER,
     ImageSegment,
     VocabLayout,
-    check_image_size,
     encode_generation_prompt,
-    get_layout,
     parse,
     text_to_image_prompt,
 )
+from lumina_mgpt.generation.checks import (
+    check_cfg,
+    check_image_dimensions,
+    check_integer,
+    check_prompts,
+    check_seeds,
+    check_sjd_window,
+    check_temperature,
+    check_top_k,
+    check_top_p,
+)
 from lumina_mgpt.generation.engine import Engine, GenerationSettings, RowCallback
 from lumina_mgpt.generation.sampling import SamplingSettings
-from lumina_mgpt.model_folder import EMBEDDED_MODEL, resolve_model
+from lumina_mgpt.model_folder import (
+    CHAT,
+    PROJECT_DEFAULT_TASKS,
+    TEXT_TO_IMAGE,
+    Defaults,
+    ModelInfo,
+    check_tasks,
+    read_model_info,
+    write_project_file,
+)
 
-PROJECT_FILE = "lumina.json"
-
-# Official sampling defaults (docs/FORMATS.md, "Sampling defaults in the official code").
-FAMILY_DEFAULTS = {
-    "lumina-mgpt": dict(image_top_k=2000, text_top_k=10, temperature=1.0, cfg=4.0, size=(768, 768)),
-    "lumina-mgpt-2": dict(image_top_k=4096, text_top_k=10, temperature=1.0, cfg=4.0, size=(768, 768)),
-}
-IMAGE_TOKENIZER_FILES = {"lumina-mgpt": "vqgan.ckpt", "lumina-mgpt-2": "movqgan_270M.ckpt"}
-
-TEXT_TO_IMAGE = "text-to-image"
-CHAT = "chat"
-TASKS = (TEXT_TO_IMAGE, CHAT)
-# v1's releases answer text and describe images; v2's text-to-image checkpoints were not trained on text answers.
-FAMILY_TASKS = {"lumina-mgpt": (TEXT_TO_IMAGE, CHAT), "lumina-mgpt-2": (TEXT_TO_IMAGE,)}
-PROJECT_DEFAULT_TASKS = (TEXT_TO_IMAGE,)
-
-# Seeds are int64 on the device, as in torch.Generator.manual_seed's non-negative range.
-MAX_SEED = 2**63 - 1
 OUTPUT_TYPES = ("pil", "np", "codes")
 DEVICES_ACCEPTED = "cpu, cuda, cuda:N or mps"
 
@@ -93,38 +77,6 @@ class PipelineOutput:
     in [0, 1] ("np") or an int64 array of code grids (N, h, w) ("codes")."""
 
     images: list[Image.Image] | np.ndarray
-
-
-@dataclass(frozen=True)
-class Defaults:
-    """Sampling defaults of a model: what `generate` uses when an argument is left out."""
-
-    image_top_k: int
-    text_top_k: int
-    temperature: float
-    cfg: float
-    size: tuple[int, int]
-
-    def __post_init__(self):
-        check_top_k("image_top_k", self.image_top_k)
-        check_top_k("text_top_k", self.text_top_k)
-        check_temperature("temperature", self.temperature)
-        check_cfg("cfg", self.cfg)
-        if not (isinstance(self.size, tuple) and len(self.size) == 2):
-            raise GenerationError(f"size must be a (width, height) tuple of pixels, got {self.size!r}")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a model folder says about itself, read without loading the weights (cheap: JSON and the
-    text tokenizer), so that requests can be checked before the slow load."""
-
-    folder: Path
-    layout: VocabLayout
-    defaults: Defaults
-    tasks: tuple[str, ...]
-    text_tokenizer: Any
-    image_tokenizer_path: Path
 
 
 @dataclass(frozen=True)
@@ -149,121 +101,6 @@ class GenerationPlan:
             yield indices, list(self.prompts[start: indices.stop]), list(self.seeds[start: indices.stop])
 
 
-# ---------------------------------------------------------------------- argument checks
-def _is_integer(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _shown(value: object) -> str:
-    return repr(value) if _is_integer(value) else f"{value!r} ({type(value).__name__})"
-
-
-def check_integer(name: str, value: object, minimum: int, meaning: str, maximum: int | None = None) -> int:
-    """`value` as an int, or GenerationError naming `name`, the value and the accepted range."""
-    if not _is_integer(value) or value < minimum or (maximum is not None and value > maximum):
-        accepted = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
-        raise GenerationError(f"{name} must be an integer {accepted} ({meaning}), got {_shown(value)}")
-    return int(value)
-
-
-def _check_real(name: str, value: object, accepted: str, valid: Callable[[float], bool]) -> float:
-    if not _is_number(value) or not math.isfinite(value) or not valid(value):
-        raise GenerationError(f"{name} must be {accepted}, got {_shown(value)}")
-    return float(value)
-
-
-def check_cfg(name: str, value: object) -> float:
-    return _check_real(name, value, "a finite number >= 0 (classifier-free guidance; 1 disables it)", lambda v: v >= 0)
-
-
-def check_temperature(name: str, value: object) -> float:
-    return _check_real(name, value, "a finite number >= 0 (0 is greedy)", lambda v: v >= 0)
-
-
-def check_top_p(name: str, value: object) -> float:
-    return _check_real(name, value, "a number in (0, 1] (1 keeps every token)", lambda v: 0 < v <= 1)
-
-
-def check_top_k(name: str, value: object) -> int:
-    return check_integer(name, value, 1, "the k likeliest tokens are kept; the vocabulary or codebook size keeps all")
-
-
-def check_prompts(prompts: object, what: str = "prompt") -> list[str]:
-    """A str or a sequence of str, as a non-empty list of valid UTF-8 text; GenerationError otherwise."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    elif prompts is None or isinstance(prompts, (bytes, bytearray, memoryview)) or not isinstance(prompts, Sequence):
-        raise GenerationError(
-            f"{what}s must be a str or a list of str, got {type(prompts).__name__}"
-            + ("; decode bytes first, e.g. data.decode('utf-8')" if isinstance(prompts, (bytes, bytearray)) else "")
-        )
-    prompts = list(prompts)
-    if not prompts:
-        raise GenerationError(f"no {what}s given; pass at least one {what} (a str)")
-    for number, prompt in enumerate(prompts, 1):
-        if not isinstance(prompt, str):
-            raise GenerationError(f"{what} {number} is {type(prompt).__name__}, not str; every {what} must be text")
-        try:
-            prompt.encode("utf-8")
-        except UnicodeEncodeError as error:
-            # Undecodable bytes in argv arrive as lone surrogates (U+DC80..U+DCFF hold the byte).
-            bad = prompt[error.start]
-            byte = f" (byte 0x{ord(bad) - 0xDC00:02x})" if 0xDC80 <= ord(bad) <= 0xDCFF else ""
-            raise GenerationError(
-                f"{what} {number} is not valid UTF-8 text: {ascii(bad)}{byte} at character {error.start}; "
-                f"give {what}s as UTF-8 text"
-            ) from None
-    return prompts
-
-
-def check_seeds(seed: object, count: int) -> list[int]:
-    """One seed per image: `seed + i` for an int seed, or a sequence of `count` seeds; each in 0..2**63-1."""
-    if _is_integer(seed):
-        first = check_integer("seed", seed, 0, "image i uses seed + i", MAX_SEED)
-        if first + count - 1 > MAX_SEED:
-            raise GenerationError(
-                f"seed {first} with {count} images needs seeds up to {first + count - 1}, beyond {MAX_SEED} (2**63-1); "
-                f"accepted: a first seed from 0 to {MAX_SEED - count + 1}"
-            )
-        return list(range(first, first + count))
-    if isinstance(seed, (str, bytes)) or not isinstance(seed, Sequence):
-        raise GenerationError(f"seed must be an integer or a list of one integer per image, got {_shown(seed)}")
-    if len(seed) != count:
-        raise GenerationError(f"got {len(seed)} seeds for {count} images; give one seed per image")
-    return [check_integer(f"seed of image {i}", s, 0, "seeds are int64", MAX_SEED) for i, s in enumerate(seed)]
-
-
-def check_tasks(tasks: object, where: str = "tasks") -> tuple[str, ...]:
-    """Model tasks as a tuple: a non-empty list drawn from TASKS."""
-    if isinstance(tasks, str) or not isinstance(tasks, Sequence) or not tasks or any(t not in TASKS for t in tasks):
-        raise GenerationError(f"{where} is {tasks!r}, expected a non-empty list drawn from {list(TASKS)}")
-    return tuple(tasks)
-
-
-def check_sjd_window(value: object) -> int | None:
-    if value is None:
-        return None
-    return check_integer("sjd_window", value, 1, "draft tokens verified per forward; 16 is usual; None: plain decoding")
-
-
-def check_image_dimensions(width: object, height: object, layout: VocabLayout) -> tuple[int, int]:
-    """(width, height) as ints accepted by `layout`; GenerationError for non-integers, FormatError for sizes
-    the layout cannot represent."""
-    for name, value in (("width", width), ("height", height)):
-        if not _is_integer(value):
-            step = layout.pixels_per_indicator
-            raise GenerationError(
-                f"{name} must be an integer number of pixels, got {_shown(value)}; accepted: multiples of {step} "
-                f"from {step} to {layout.max_indicator * step}"
-            )
-    check_image_size(int(width), int(height), layout)
-    return int(width), int(height)
-
-
 def make_settings(
     defaults: Defaults,
     cfg: float | None = None,
@@ -271,6 +108,7 @@ def make_settings(
     top_p: float = 1.0,
     temperature: float | None = None,
     text_top_k: int | None = None,
+    cfg_schedule: str | None = None,
 ) -> GenerationSettings:
     """Checked generation settings, with `defaults` where an argument is None."""
     temperature = check_temperature("temperature", defaults.temperature if temperature is None else temperature)
@@ -280,6 +118,7 @@ def make_settings(
         image=SamplingSettings(temperature, image_top_k, check_top_p("top_p", top_p)),
         text=SamplingSettings(temperature, text_top_k),
         cfg=check_cfg("cfg", defaults.cfg if cfg is None else cfg),
+        cfg_schedule=defaults.cfg_schedule if cfg_schedule is None else cfg_schedule,
     )
 
 
@@ -295,6 +134,7 @@ def plan_generation(
     top_k: int | None = None,
     top_p: float = 1.0,
     temperature: float | None = None,
+    cfg_schedule: str | None = None,
     batch_size: int = 8,
     sjd_window: int | None = None,
 ) -> GenerationPlan:
@@ -306,7 +146,9 @@ def plan_generation(
     width, height = check_image_dimensions(
         defaults.size[0] if width is None else width, defaults.size[1] if height is None else height, layout
     )
-    settings = make_settings(defaults, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature)
+    settings = make_settings(
+        defaults, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature, cfg_schedule=cfg_schedule
+    )
     per_image = tuple(p for p in prompts for _ in range(num_images))
     seeds = tuple(check_seeds(seed, len(per_image)))
     return GenerationPlan(per_image, seeds, width, height, settings, batch_size, check_sjd_window(sjd_window))
@@ -350,114 +192,6 @@ def load_options(
     if quant is not None:
         check_quantization(quant, device, dtype)
     return device, dtype
-
-
-# ---------------------------------------------------------------------- model folders
-def model_folder(path: str | os.PathLike | None) -> Path:
-    """The model folder `path` names: a folder, a hub id, "embedded" or None (the embedded shapes model), see
-    `lumina_mgpt.model_folder.resolve_model`; GenerationError if it holds no model."""
-    folder = resolve_model(path)
-    if not (folder / "config.json").is_file():
-        raise GenerationError(f"{folder} is not a model folder: config.json is missing")
-    return folder
-
-
-def read_model_info(
-    path: str | os.PathLike | None = None, image_tokenizer: str | os.PathLike | None = None
-) -> ModelInfo:
-    """Layout, defaults, tasks and tokenizers of a project or official folder, without loading the model."""
-    from lumina_mgpt.text import TextTokenizer
-
-    folder = model_folder(path)
-    text_tokenizer = TextTokenizer.from_folder(folder)
-    if (folder / PROJECT_FILE).is_file():
-        layout, defaults, tasks = read_project_file(folder)
-        vision_path = Path(image_tokenizer) if image_tokenizer else folder / "image_tokenizer"
-    else:
-        family = _official_family(folder)
-        layout = get_layout(family, tokenizer=text_tokenizer)
-        defaults, tasks = Defaults(**FAMILY_DEFAULTS[family]), FAMILY_TASKS[family]
-        vision_path = Path(image_tokenizer) if image_tokenizer else _find_file(folder, IMAGE_TOKENIZER_FILES[family])
-    return ModelInfo(folder, layout, defaults, tasks, text_tokenizer, vision_path)
-
-
-# lumina.json fields: (JSON description, check).
-_INT = ("an integer", _is_integer)
-_NUMBER = ("a number", _is_number)
-_JSON_FIELDS = {
-    "layout": {
-        "name": ("a string", lambda v: isinstance(v, str)),
-        "vocab_size": _INT,
-        "bos_id": ("an integer or null", lambda v: v is None or _is_integer(v)),
-        **{key: _INT for key in ("start_image_id", "end_image_id", "end_line_id", "separator_id", "pad_id",
-                                 "downsample", "pixels_per_indicator")},
-        **{key: ("a list of integers", lambda v: isinstance(v, list) and all(map(_is_integer, v)))
-           for key in ("size_indicator_ids", "code_ids")},
-    },
-    "defaults": {
-        "image_top_k": _INT,
-        "text_top_k": _INT,
-        "temperature": _NUMBER,
-        "cfg": _NUMBER,
-        "size": ("a list of two integers [width, height]",
-                 lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_integer, v))),
-    },
-}
-
-
-def _json_type(value: object) -> str:
-    names = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "a list", dict: "an object"}
-    return names.get(type(value), type(value).__name__)
-
-
-def read_project_file(folder: str | os.PathLike) -> tuple[VocabLayout, Defaults, tuple[str, ...]]:
-    """Layout, sampling defaults and tasks from a project folder's lumina.json; GenerationError naming the
-    field, the type found and the type expected when a field is wrong."""
-    file = Path(folder) / PROJECT_FILE
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise GenerationError(f"{file} is not valid JSON ({error}); write it with Pipeline.save_pretrained") from None
-    if not isinstance(meta, dict):
-        raise GenerationError(f"{file} holds {_json_type(meta)}, expected an object with \"layout\" and \"defaults\"")
-    for section, fields in _JSON_FIELDS.items():
-        values = meta.get(section)
-        if not isinstance(values, dict):
-            raise GenerationError(f"{file}: \"{section}\" is {_json_type(values)}, expected an object")
-        for key, (expected, valid) in fields.items():
-            if key in values and not valid(values[key]):
-                raise GenerationError(
-                    f"{file}: {section}.{key} is {_json_type(values[key])} ({json.dumps(values[key])[:40]}), "
-                    f"expected {expected}"
-                )
-    missing = set(_JSON_FIELDS["defaults"]) - set(meta["defaults"])
-    unknown = set(meta["defaults"]) - set(_JSON_FIELDS["defaults"])
-    if missing or unknown:
-        raise GenerationError(
-            f"{file}: defaults has missing {sorted(missing)}, unknown {sorted(unknown)}; "
-            f"expected keys {sorted(_JSON_FIELDS['defaults'])}"
-        )
-    tasks = check_tasks(meta.get("tasks", list(PROJECT_DEFAULT_TASKS)), where=f"{file}: tasks")
-    try:
-        layout = VocabLayout.from_dict(meta["layout"])
-        defaults = Defaults(**{**meta["defaults"], "size": tuple(meta["defaults"]["size"])})
-        check_image_size(*defaults.size, layout)
-    except LuminaError as error:
-        raise type(error)(f"{file}: {error}") from None
-    return layout, defaults, tasks
-
-
-def write_project_file(
-    folder: str | os.PathLike, layout: VocabLayout, defaults: Defaults, tasks: Sequence[str] = PROJECT_DEFAULT_TASKS
-) -> Path:
-    """Write the `lumina.json` that makes a model folder a project folder (layout, sampling defaults, tasks)."""
-    meta = {
-        "layout": layout.to_dict(),
-        "defaults": {**asdict(defaults), "size": list(defaults.size)},
-        "tasks": list(check_tasks(tasks)),
-    }
-    return write_text_atomically(Path(folder) / PROJECT_FILE, json.dumps(meta, indent=2))
 
 
 class Pipeline:
@@ -538,10 +272,12 @@ class Pipeline:
         top_p: float = 1.0,
         temperature: float | None = None,
         text_top_k: int | None = None,
+        cfg_schedule: str | None = None,
     ) -> GenerationSettings:
         """Generation settings with this model's defaults filled in (checked: see `make_settings`)."""
         return make_settings(
-            self.defaults, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature, text_top_k=text_top_k
+            self.defaults, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature, text_top_k=text_top_k,
+            cfg_schedule=cfg_schedule,
         )
 
     def prompt_ids(self, prompt: str, width: int, height: int) -> np.ndarray:
@@ -607,7 +343,8 @@ class Pipeline:
             for prompt, image_seed, picture in zip(prompts, seeds, self.image_tokenizer.decode_to_pil(codes)):
                 picture.info["parameters"] = json.dumps(
                     {"prompt": prompt, "width": plan.width, "height": plan.height, "seed": image_seed,
-                     "cfg": plan.settings.cfg, "image_sampling": asdict(plan.settings.image),
+                     "cfg": plan.settings.cfg, "cfg_schedule": plan.settings.cfg_schedule,
+                     "image_sampling": asdict(plan.settings.image),
                      "sjd_window": plan.sjd_window, "model_layout": self.layout.name}
                 )
                 yield picture
@@ -623,6 +360,7 @@ class Pipeline:
         top_k: int | None = None,
         top_p: float = 1.0,
         temperature: float | None = None,
+        cfg_schedule: str | None = None,
         batch_size: int = 8,
         on_row: RowCallback | None = None,
         progress: bool = True,
@@ -632,7 +370,7 @@ class Pipeline:
         arguments are checked when this is called, before the first image is asked for."""
         plan = self.plan(
             prompts, width=width, height=height, num_images=num_images, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
-            temperature=temperature, batch_size=batch_size, sjd_window=sjd_window,
+            temperature=temperature, cfg_schedule=cfg_schedule, batch_size=batch_size, sjd_window=sjd_window,
         )
         return self.run_plan(plan, on_row=None if on_row is None else (lambda _, row, codes: on_row(row, codes)),
                              progress=progress)
@@ -648,6 +386,7 @@ class Pipeline:
         top_k: int | None = None,
         top_p: float = 1.0,
         temperature: float | None = None,
+        cfg_schedule: str | None = None,
         batch_size: int = 8,
         on_row: RowCallback | None = None,
         progress: bool = True,
@@ -658,15 +397,17 @@ class Pipeline:
         width and height default to the model's size; image i of the whole call uses seed `seed + i`
         (0 <= seed, seed + i <= 2**63-1), so results do not depend on batch_size; `seed` may also be a
         list of one seed per image. cfg, top_k (>= 1), top_p (in (0, 1]) and temperature (0: greedy)
-        default to the model's (`self.defaults`; top_p 1.0). `sjd_window=L` (16 is usual) decodes with
-        speculative Jacobi decoding: the same distribution of images in fewer forwards, though not the
-        same image for a seed as plain decoding. Each image carries its prompt and settings in
+        default to the model's (`self.defaults`; top_p 1.0), and so does cfg_schedule: "constant", or
+        "decay-to-4" as official Lumina-mGPT 2.0 (the default of its folders; see docs/FORMATS.md).
+        `sjd_window=L` (16 is usual) decodes with speculative Jacobi decoding: the same distribution of
+        images in fewer forwards, though not the same image for a seed as plain decoding. Each image carries its prompt and settings in
         `image.info["parameters"]` (JSON), which `save_png` writes into the PNG's text metadata.
         Bad arguments raise GenerationError (FormatError for unrepresentable sizes) before any compute.
         """
         return list(self.iter_generate(
             prompts, width=width, height=height, num_images=num_images, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
-            temperature=temperature, batch_size=batch_size, on_row=on_row, progress=progress, sjd_window=sjd_window,
+            temperature=temperature, cfg_schedule=cfg_schedule, batch_size=batch_size, on_row=on_row, progress=progress,
+            sjd_window=sjd_window,
         ))
 
     def __call__(
@@ -682,6 +423,7 @@ class Pipeline:
         top_k: int | None = None,
         top_p: float = 1.0,
         temperature: float | None = None,
+        cfg_schedule: str | None = None,
         batch_size: int = 8,
         sjd_window: int | None = None,
         progress: bool = True,
@@ -702,7 +444,7 @@ class Pipeline:
         seeds = _generator_seeds(generator, len(check_prompts(prompt)) * per_prompt)
         plan = self.plan(
             prompt, width=width, height=height, num_images=per_prompt, seed=seeds, cfg=cfg, top_k=top_k, top_p=top_p,
-            temperature=temperature, batch_size=batch_size, sjd_window=sjd_window,
+            temperature=temperature, cfg_schedule=cfg_schedule, batch_size=batch_size, sjd_window=sjd_window,
         )
         on_row = None
         if callback_on_step_end is not None:
@@ -793,104 +535,3 @@ def _generator_seeds(generator: object, count: int) -> int | list[int]:
     )
 
 
-# ---------------------------------------------------------------------- writing images
-def check_output_folder(folder: str | os.PathLike) -> Path:
-    """Create `folder` if needed and prove it writable (a probe file is written and removed); GenerationError
-    saying why otherwise. Cheap: run it before loading a model, so that a bad --out fails at once."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise GenerationError(f"output folder {folder} is a file; give a folder (it is created when missing)")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".lumina-probe.", suffix=".tmp")
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        raise GenerationError(
-            f"cannot write into output folder {folder}: {error.strerror or error}; give a folder that can be created "
-            f"and written"
-        ) from None
-    return folder
-
-
-def save_png(image: Image.Image, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Save a generated image as PNG with its generation settings in the text metadata; returns the path written.
-
-    The file appears whole or not at all: it is written under a unique hidden temporary name beside
-    `path`, then given its name. An existing file is kept: the image goes to the next free name
-    (`name-1.png`, `name-2.png`, ...), claimed with a hard link, which fails rather than replaces, so
-    processes writing one folder never take each other's names; `overwrite=True` replaces `path`.
-    OSError (e.g. a full disk) leaves no temporary file behind.
-    """
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    for key, value in image.info.items():
-        if isinstance(value, str):
-            info.add_text(key, value)
-    path = Path(path)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            image.save(file, format="PNG", pnginfo=info)
-        os.chmod(temp, 0o644)  # mkstemp creates 0600; these are ordinary readable files
-        if overwrite:
-            os.replace(temp, path)
-            return path
-        for number in range(1_000_000):
-            candidate = path if number == 0 else path.with_name(f"{path.stem}-{number}{path.suffix}")
-            try:
-                os.link(temp, candidate)
-                return candidate
-            except FileExistsError:
-                continue
-        raise GenerationError(f"no free name left for {path}: {path.stem}-1 to -999999 are all taken")
-    finally:
-        Path(temp).unlink(missing_ok=True)  # the image lives on under its final name
-
-
-class OutputFolder:
-    """A checked output folder that generated images are written into as they come (see `save_png`);
-    a failed write says how many images were written before it."""
-
-    def __init__(self, folder: str | os.PathLike, overwrite: bool = False):
-        self.path = check_output_folder(folder)
-        self.overwrite = overwrite
-        self.written: list[Path] = []
-
-    def save(self, image: Image.Image, name: str) -> Path:
-        """Write `image` as `name` in the folder (or the next free name); returns the path written."""
-        try:
-            path = save_png(image, self.path / name, overwrite=self.overwrite)
-        except OSError as error:
-            raise GenerationError(
-                f"could not write {name} into {self.path}: {error.strerror or error}; the {len(self.written)} "
-                f"image(s) written before it are kept"
-            ) from None
-        self.written.append(path)
-        return path
-
-
-def _official_family(folder: Path) -> str:
-    config = json.loads((folder / "config.json").read_text())
-    vocab = config.get("vocab_size")
-    if vocab == 65536:
-        return "lumina-mgpt"
-    if vocab == 171385:
-        return "lumina-mgpt-2"
-    raise GenerationError(
-        f"{folder}/config.json has vocab_size {vocab}: not an official Lumina-mGPT (65536) or Lumina-mGPT 2.0 "
-        f"(171385) folder, and there is no {PROJECT_FILE} of a project model"
-    )
-
-
-def _find_file(folder: Path, name: str) -> Path:
-    """Look for the image tokenizer in the folder and up to three levels above (the official
-    repositories keep it in ckpts/chameleon/tokenizer/ or beside the model folders)."""
-    candidates = []
-    for base in [folder, *list(folder.resolve().parents)[:3]]:
-        candidates += [base / name, base / "tokenizer" / name, base / "chameleon" / "tokenizer" / name]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise GenerationError(f"no image tokenizer {name} found in or above {folder}; pass image_tokenizer=PATH")

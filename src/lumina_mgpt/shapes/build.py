@@ -103,7 +103,7 @@ def train_image_tokenizer(work: Path, steps: int, seed: int) -> None:
 
 def write_project_metadata(work: Path) -> None:
     from lumina_mgpt.formats import get_layout
-    from lumina_mgpt.generation.pipeline import PROJECT_FILE, Defaults, write_project_file
+    from lumina_mgpt.model_folder import PROJECT_FILE, Defaults, write_project_file
     from lumina_mgpt.text import TextTokenizer
     from lumina_mgpt.vision import ImageTokenizer
 
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     pretokenize_data(WORK, args.seed)
     final = train_model(args.device, args.max_steps)
     if not args.no_export and (final / "config.json").is_file():
-        from lumina_mgpt.generation.pipeline import EMBEDDED_MODEL
+        from lumina_mgpt.model_folder import EMBEDDED_MODEL
 
         export(final, EMBEDDED_MODEL)
     log(f"done in {(time.perf_counter() - start) / 60:.1f} min")

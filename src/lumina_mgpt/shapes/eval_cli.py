@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompts per generation call, at most 8 decoded together (default: 16)")
     add_sampling_arguments(parser)
     parser.add_argument(
-        "--out", "--json", dest="out", default=None, metavar="FILE",
-        help="write the report as JSON to FILE (default: none; --json is the old name)",
+        "--out", default=None, metavar="FILE",
+        help="write the report as JSON to FILE (default: none)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace FILE if it exists (default: refuse)")
     parser.add_argument(
@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lumina_mgpt.errors import DataError
-    from lumina_mgpt.generation.pipeline import check_output_folder, check_seeds
+    from lumina_mgpt.generation.checks import check_seeds
+    from lumina_mgpt.generation.outputs import check_output_folder
     from lumina_mgpt.shapes.evaluate import (
         evaluate,
         format_table,
@@ -89,28 +90,24 @@ def _model_generator(args: argparse.Namespace):
     prints the model and the settings."""
     import sys
 
+    from lumina_mgpt.generation.checks import check_integer, check_sjd_window
     from lumina_mgpt.generation.cli import sjd_window
-    from lumina_mgpt.generation.pipeline import (
-        Pipeline,
-        check_integer,
-        check_sjd_window,
-        load_options,
-        make_settings,
-        read_model_info,
-    )
+    from lumina_mgpt.generation.pipeline import Pipeline, load_options, make_settings
+    from lumina_mgpt.model_folder import read_model_info
 
     check_integer("--batch-size", args.batch_size, 1, "prompts per generation call")
     window = check_sjd_window(sjd_window(args))
     device, dtype = load_options(args.device, quant=args.quant)
     info = read_model_info(args.model, args.image_tokenizer)
     settings = make_settings(
-        info.defaults, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature
+        info.defaults, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+        cfg_schedule=args.cfg_schedule,
     )
     print(f"loading model from {info.folder}", file=sys.stderr)
     pipe = Pipeline.from_model_info(info, device=device, dtype=dtype, quant=args.quant)
     print(f"model: {info.folder} (layout {info.layout.name}, device {device})")
     print(
-        f"settings: cfg {settings.cfg:g}, temperature {settings.image.temperature:g}, top-k {settings.image.top_k}, "
+        f"settings: cfg {settings.cfg:g} ({settings.cfg_schedule}), temperature {settings.image.temperature:g}, top-k {settings.image.top_k}, "
         f"top-p {settings.image.top_p:g}, " + (f"SJD window {window}" if window else "plain decoding")
     )
     generated = 0
@@ -122,7 +119,8 @@ def _model_generator(args: argparse.Namespace):
         generated += len(captions)
         return pipe.generate(
             captions, width=width, height=height, seed=seed, cfg=settings.cfg, top_k=settings.image.top_k,
-            top_p=settings.image.top_p, temperature=settings.image.temperature, sjd_window=window, progress=False,
+            top_p=settings.image.top_p, temperature=settings.image.temperature, cfg_schedule=settings.cfg_schedule,
+            sjd_window=window, progress=False,
         )
 
     return generate_fn
