@@ -64,6 +64,11 @@ def tokenizers() -> Tokenizers:
         codebook_size=64, mid_attention=False,
     )
     image = ImageTokenizer(config).eval()
+    with torch.no_grad():
+        # Codes spread wider than the latents (std ~0.2): with the default +-1/64 init some latent's two
+        # nearest codes were within float32 noise of a tie, and another batch size (or CPU) moved the
+        # latent by that much, so "the same shards" would hang on a coin flip.
+        image.codebook.normal_(std=0.5)
     layout = get_layout("compact", text, codebook_size=64, downsample=16)
     return Tokenizers(text, image, layout)
 
