@@ -37,6 +37,7 @@ from lumina_mgpt.data.manifest import read_manifest, write_manifest
 from lumina_mgpt.data.shards import EncodedSample, ShardSummary, read_samples, write_shard
 from lumina_mgpt.errors import DataError
 from lumina_mgpt.formats import IGNORE_INDEX, IMAGE_PLACEHOLDER, get_layout
+from lumina_mgpt.model_folder import Defaults, write_project_file
 from lumina_mgpt.text import TextTokenizer
 from lumina_mgpt.vision import ImageTokenizer, VQConfig
 
@@ -363,7 +364,8 @@ def test_cli_pretokenizes_a_project_style_setup(tmp_path, tokenizers, capsys):
     model.mkdir()
     tokenizers.text.save(model / "tokenizer.json")
     tokenizers.image.save_pretrained(model / "image_tokenizer")
-    (model / "lumina.json").write_text(json.dumps({"layout": tokenizers.layout.to_dict()}))
+    defaults = Defaults(image_top_k=16, text_top_k=1, temperature=1.0, cfg=1.0, size=(64, 64))
+    write_project_file(model, tokenizers.layout, defaults)
     args = parser.parse_args([str(source), "--out", str(tmp_path / "out2"), "--model", str(model),
                               "--target-size", "64", "--device", "cpu"])
     assert pretokenize_cli.run(args) == 0
