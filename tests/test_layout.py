@@ -1,4 +1,4 @@
-"""Vocabulary layouts: ids resolved by name and checked against FORMATS.md, maps, serialization."""
+"""Vocabulary layouts: ids resolved by name and checked against docs/FORMATS.md, maps, serialization."""
 
 import argparse
 import json

@@ -1,6 +1,6 @@
 """Offline stand-ins for the official text tokenizers, built with the `tokenizers` library.
 
-- `build_chameleon_like()`: 65,536 ids laid out like Chameleon's vocabulary (FORMATS.md v1):
+- `build_chameleon_like()`: 65,536 ids laid out like Chameleon's vocabulary (docs/FORMATS.md v1):
   `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, the 8,192 IMGIMG code tokens at 4..8195 sorted by
   their NAME (so code c is not at c + 4), `<eoss>`=8196, `<racm3:break>`=8197,
   `<reserved0XXXX>` = XXXX + 4 for XXXX in 8194..9999, then byte-level BPE text tokens (the first

@@ -2,7 +2,7 @@
 flat int32 arrays) and `Collator` (context drop for classifier-free guidance, right padding).
 
 Context drop: with probability `context_drop`, every token before the first supervised
-<start-of-image> is removed, BOS included. This matches FORMATS.md ("the model sees only the
+<start-of-image> is removed, BOS included. This matches docs/FORMATS.md ("the model sees only the
 image block") and the generation engine, whose unconditional rows start at <start-of-image>
 with no BOS. The draw is seeded by (seed, epoch, sample index): the same sample gets the same
 decision in the same epoch whatever the batch, rank or restart.

@@ -1,5 +1,5 @@
 """Resolution buckets: the candidate (width, height) sizes for a target side, aspect-ratio
-matching and the resize-and-crop that brings an image to its bucket (FORMATS.md)."""
+matching and the resize-and-crop that brings an image to its bucket (docs/FORMATS.md)."""
 
 from __future__ import annotations
 

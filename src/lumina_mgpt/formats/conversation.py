@@ -1,4 +1,4 @@
-"""Conversations -> ids and loss labels (FORMATS.md):
+"""Conversations -> ids and loss labels (docs/FORMATS.md):
 
     [BOS] + tok(q1) + [SEP] + tok(a1) + [SEP] + tok(q2) + [SEP] + ...
 

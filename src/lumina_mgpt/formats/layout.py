@@ -2,7 +2,7 @@
 
 Three layouts exist: the official v1 ("lumina-mgpt", Chameleon vocabulary), the official v2
 ("lumina-mgpt-2", Qwen vocabulary + MoVQGAN codes) and "compact" (models trained by this
-project: text ids, then image codes, then the special tokens). See FORMATS.md for the ids.
+project: text ids, then image codes, then the special tokens). See docs/FORMATS.md for the ids.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ SEPARATOR_TOKEN = "<reserved08706>"
 # of the largest official bucket (2,048 = 4 x 512 at target 1,024).
 DEFAULT_MAX_INDICATOR = 128
 
-# v1 (Chameleon) ids from FORMATS.md; the tokenizer, when given, must agree with them.
+# v1 (Chameleon) ids from docs/FORMATS.md; the tokenizer, when given, must agree with them.
 V1_VOCAB_SIZE = 65_536
 V1_CODEBOOK_SIZE = 8_192
 V1_START_IMAGE_ID = 8_197
@@ -36,7 +36,7 @@ V1_SEPARATOR_ID = 8_710
 V1_FIRST_INDICATOR_ID = 8_804
 V1_CODE_ID_RANGE = (4, 4 + V1_CODEBOOK_SIZE)
 
-# v2 (Qwen + MoVQGAN) ids from FORMATS.md.
+# v2 (Qwen + MoVQGAN) ids from docs/FORMATS.md.
 V2_VOCAB_SIZE = 171_385
 V2_CODEBOOK_SIZE = 16_384
 V2_START_IMAGE_ID = 151_665
@@ -197,7 +197,7 @@ def get_layout(name: str, tokenizer: TextTokenizerLike | None = None, **options:
     """Build the layout `name` ("lumina-mgpt", "lumina-mgpt-2" or "compact").
 
     The official layouts resolve their special tokens by name from `tokenizer` and check them
-    against FORMATS.md. Options: `max_indicator` (all layouts, default 128); for "compact" also
+    against docs/FORMATS.md. Options: `max_indicator` (all layouts, default 128); for "compact" also
     `text_vocab_size` (default: the tokenizer's), `codebook_size` (8192), `downsample` (16) and
     `pixels_per_indicator` (32).
     """
@@ -228,7 +228,7 @@ def _resolve(tokenizer: TextTokenizerLike, layout: str, token: str, expected_id:
     if expected_id is not None and token_id != expected_id:
         raise FormatError(
             f"the text tokenizer maps {token!r} to id {token_id}, but layout {layout!r} "
-            f"expects id {expected_id} (FORMATS.md); is this the right tokenizer?"
+            f"expects id {expected_id} (docs/FORMATS.md); is this the right tokenizer?"
         )
     return int(token_id)
 

@@ -1,4 +1,4 @@
-"""Prompt strings the official checkpoints were trained with (FORMATS.md, exact wording)."""
+"""Prompt strings the official checkpoints were trained with (docs/FORMATS.md, exact wording)."""
 
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ def encode_image(codes: np.ndarray, layout: VocabLayout, panel_rows: int | None 
 
     With `panel_rows` > rows the block is left open: its indicators announce a panel of
     `panel_rows` rows and no <end-of-image> is written (the reference half of a dual-panel
-    image-to-image answer, FORMATS.md); the model continues with the remaining rows.
+    image-to-image answer, docs/FORMATS.md); the model continues with the remaining rows.
     """
     codes = np.asarray(codes)
     if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
