@@ -1,4 +1,4 @@
-# The entry points: `make demo`, `make test` (the default suite, about a minute of CPU) and
+# The entry points: `make demo`, `make test` (the default suite, a minute or two of CPU) and
 # `make test-all` (also the tests marked slow: multi-process training, compiled decoding, full-size
 # checkpoints). Each creates .venv if missing and installs everything it needs, so all work on a
 # fresh machine.
