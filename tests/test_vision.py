@@ -199,6 +199,24 @@ def test_quantizer_matches_diffusers_index_order():
     torch.testing.assert_close(codes, indices, rtol=0, atol=0)
 
 
+def test_nearest_codes_are_exact_on_any_cpu_and_batch():
+    # Latents and codes of norm ~400 (as the embedded VQ's) with near-equal and equal codes: the float32
+    # expansion |z|^2 + |e|^2 - 2 z.e rounds in steps larger than their gaps, so its winner depends on
+    # the CPU's kernels and the batch shape; the exact nearest code (lowest index on a tie) does not.
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 8, generator=generator) * 140
+    near = base[:16] + 1e-3 * torch.randn(16, 8, generator=generator)
+    codebook = torch.cat([base, near, base[:4]])
+    latents = base[torch.randint(0, 64, (500,), generator=generator)] + 1e-3 * torch.randn(500, 8, generator=generator)
+    exact = (latents.double()[:, None] - codebook.double()[None]).pow(2).sum(-1)
+    expected = exact.argmin(dim=1)  # the first minimum: equal codes resolve to the lower index
+    codes = nearest_codes(latents[:, :, None, None], codebook).flatten()
+    torch.testing.assert_close(codes, expected, rtol=0, atol=0)
+    assert (codes >= 64).any() and not (codes >= 80).any()  # near codes win where closer; equal ones never
+    in_threes = [nearest_codes(latents[i : i + 3, :, None, None], codebook).flatten() for i in range(0, 500, 3)]
+    torch.testing.assert_close(torch.cat(in_threes), codes, rtol=0, atol=0)
+
+
 # ---- save / load ------------------------------------------------------------------------------
 
 

@@ -6,24 +6,37 @@ import torch
 
 # Rows of latents per distance block: keeps the (rows x codebook) distance matrix near 256 MB.
 _DISTANCE_BLOCK_ELEMENTS = 2**26
+# Float32 candidates re-ranked by exact float64 distances; more than any group of near-equal codes.
+_REFINED_CANDIDATES = 8
 
 
 def nearest_codes(latents: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the closest codebook row for each latent vector.
+    """Index of the closest codebook row for each latent vector, the same on every machine.
 
     latents: (B, C, h, w); codebook: (K, C). Returns LongTensor (B, h, w), row-major like the
-    official `min_encoding_indices`. Distances use the official expansion |z|^2 + |e|^2 - 2 z.e,
-    in float32 whatever the model dtype, and are computed in blocks so 16k-code books fit in memory."""
+    official `min_encoding_indices`. The official rule ranks codes by |z|^2 + |e|^2 - 2 z.e in
+    float32, whose rounding (a step of ~0.02 at latent norms of ~400) is larger than the gap between
+    near-equal codes; which of them wins then depends on the CPU's kernels and even on the batch
+    shape. So the float32 expansion, taken around the codebook mean to shrink its terms, only picks
+    a few candidates, and the exact float64 distance (z - e)^2 chooses among them, the lowest index
+    on an exact tie. Where the official rule is not at such a tie, both give the same code.
+    Computed in blocks so 16k-code books fit in memory."""
     batch, channels, height, width = latents.shape
-    flat = latents.permute(0, 2, 3, 1).reshape(-1, channels).float()
     table = codebook.float()
+    center = table.mean(dim=0)
+    flat = latents.permute(0, 2, 3, 1).reshape(-1, channels).float() - center
+    table = table - center
     table_sq = table.pow(2).sum(dim=1)
+    candidates = min(_REFINED_CANDIDATES, table.shape[0])
     rows = max(1, _DISTANCE_BLOCK_ELEMENTS // table.shape[0])
     codes = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
     for start in range(0, flat.shape[0], rows):
         block = flat[start : start + rows]
         distances = block.pow(2).sum(dim=1, keepdim=True) + table_sq - 2 * block @ table.t()
-        codes[start : start + rows] = distances.argmin(dim=1)
+        # Candidates in index order, so that argmin's first-minimum rule breaks exact ties by index.
+        nearest = distances.topk(candidates, dim=1, largest=False).indices.sort(dim=1).values
+        exact = (block.double()[:, None, :] - table.double()[nearest]).pow(2).sum(dim=-1)
+        codes[start : start + rows] = nearest.gather(1, exact.argmin(dim=1, keepdim=True)).squeeze(1)
     return codes.view(batch, height, width)
 
 
