@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/lumina demo
+	$(VENV)/bin/lumina demo --overwrite
 
 # pyproject.toml's addopts deselect `slow`; test-all's -m comes later on the command line and wins.
 test: $(STAMP)
