@@ -6,9 +6,8 @@ import torch
 
 from lumina_mgpt.errors import FormatError, GenerationError
 from lumina_mgpt.formats import ImageSegment, get_layout, grid_shape, parse
-from lumina_mgpt.generation import engine as engine_module
 from lumina_mgpt.generation.engine import Engine, GenerationSettings, guidance_scales
-from lumina_mgpt.generation.sampling import SamplingSettings, sample
+from lumina_mgpt.generation.sampling import SamplingSettings
 from lumina_mgpt.model import ModelConfig, Transformer
 
 TEXT_VOCAB = 48
@@ -66,30 +65,28 @@ def test_greedy_cfg_equals_formula_from_separate_forwards(layout):
 
 def test_guided_logits_match_formula_to_1e5(layout):
     """The engine's first-step logits of the conditional and unconditional rows equal two separate full
-    forwards (1e-5) at the image-code rows, the only ones an image run computes."""
+    forwards (1e-5) at the image-code rows, the only ones an image run computes, and the guided logits it
+    samples from are uncond + cfg * (cond - uncond)."""
     model = tiny_model(layout)
     engine = Engine(model, layout)
-    captured = {}
-    original = engine._choose
-
-    def spy(logits, *args):
-        captured.setdefault("logits", logits.clone())
-        return original(logits, *args)
-
-    engine._choose = spy
-    settings = GenerationSettings(image=SamplingSettings(temperature=0.0), cfg=2.5)
+    steps = []
+    cfg = 2.5
+    settings = GenerationSettings(image=SamplingSettings(temperature=0.0), cfg=cfg)
     prompts = prompts_of_lengths(layout, [3, 11])
-    engine.generate_images(prompts, WIDTH, HEIGHT, settings, seeds=[0, 0], progress=False)
+    engine.generate_images(prompts, WIDTH, HEIGHT, settings, seeds=[0, 0], progress=False, on_step=steps.append)
     header = [layout.start_image_id, layout.size_indicator_ids[1], layout.size_indicator_ids[2]]
-    logits = captured["logits"]
+    first = steps[0]
     codes = list(layout.code_ids)
     for i, prompt in enumerate(prompts):
-        torch.testing.assert_close(logits[i], full_logits(model, prompt + header)[codes], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(logits[len(prompts) + i], full_logits(model, header)[codes], rtol=1e-5, atol=1e-5)
+        cond, uncond = full_logits(model, prompt + header)[codes], full_logits(model, header)[codes]
+        torch.testing.assert_close(first.logits[i, 0], cond, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(first.logits[len(prompts) + i, 0], uncond, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(first.guided[i, 0], uncond + cfg * (cond - uncond), rtol=1e-5, atol=1e-4)
+    rows, cols = grid_shape(WIDTH, HEIGHT, layout)
+    assert len(steps) == rows * (cols + 1) + 1  # the prefill's choice, then one step per token
 
 
-
-def test_decay_to_4_guides_each_image_token_with_the_official_v2_scale(layout, monkeypatch):
+def test_decay_to_4_guides_each_image_token_with_the_official_v2_scale(layout):
     """The official v2 CFG processor, transcribed: before the token at n (tokens after <start-of-image>, so
     the size indicators and <end-of-line>s count), scale = max(4, scale * (1 - n / (h * w))) with h, w
     twice the size indicators. The logits the engine samples from at every body token equal
@@ -98,15 +95,10 @@ def test_decay_to_4_guides_each_image_token_with_the_official_v2_scale(layout, m
     engine = Engine(model, layout)
     size, rows, cols, cfg = 96, 6, 6, 20.0  # size indicators 3 x 3: the official h * w is 6 * 6
     settings = GenerationSettings(image=SamplingSettings(temperature=0.0), cfg=cfg, cfg_schedule="decay-to-4")
-    sampled_from = []
-
-    def spy(logits, *args):
-        sampled_from.append(logits.clone())
-        return sample(logits, *args)
-
-    monkeypatch.setattr(engine_module, "sample", spy)
+    steps = []
     (prompt,) = prompts_of_lengths(layout, [5])
-    (grid,) = engine.generate_images([prompt], size, size, settings, seeds=[0], progress=False)
+    (grid,) = engine.generate_images([prompt], size, size, settings, seeds=[0], progress=False, on_step=steps.append)
+    sampled_from = [step.guided[:, 0] for step in steps]
 
     expected, scale = [], cfg
     for n in range(2, 2 + rows * (cols + 1)):

@@ -3,7 +3,8 @@
     <start-of-image> <size H> <size W> (c c ... c <eol>) x h <end-of-image>
 
 `encode_image` writes it, `parse` splits any id stream into text and (possibly cut-off) images,
-checking every position, and `ImageCursor` tells a decoder what kind of token comes next.
+checking every position, `ImageCursor` tells a decoder what kind of token comes next, and
+`forced_image_ids` lists the tokens the grammar leaves no choice about (what a decoder writes itself).
 """
 
 from __future__ import annotations
@@ -135,6 +136,24 @@ class ImageCursor:
         in_rows = np.where(step % (self.cols + 1) == self.cols, END_LINE, CODE)
         kinds = np.where(step < rows_span, in_rows, np.where(step == rows_span, END_IMAGE, PAST_END))
         return int(kinds) if kinds.ndim == 0 else kinds
+
+
+# In `forced_image_ids`: the position holds an image code, which the model chooses.
+FREE_CODE = -1
+
+
+def forced_image_ids(rows: int, cols: int, layout: VocabLayout) -> np.ndarray:
+    """The id the grammar forces at each position of a rows x cols block after <start-of-image>, or
+    FREE_CODE where an image code goes: position 0 is the height indicator, 1 the width indicator,
+    2 + s body step s (see ImageCursor), and the last one <end-of-image>. int64, length
+    2 + rows * (cols + 1) + 1."""
+    cursor = ImageCursor(rows, cols)
+    kinds = cursor.kind(np.arange(cursor.body_length))
+    body = np.select(
+        [kinds == CODE, kinds == END_LINE], [FREE_CODE, layout.end_line_id], default=layout.end_image_id
+    )
+    header = [_indicator_for_cells(rows, layout, "height"), _indicator_for_cells(cols, layout, "width")]
+    return np.concatenate([np.asarray(header, np.int64), body.astype(np.int64)])
 
 
 @dataclass(frozen=True)
