@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from lumina_mgpt.formats import get_layout, grid_shape
-from lumina_mgpt.generation.engine import Engine, GenerationSettings
-from lumina_mgpt.generation.sampling import SamplingSettings
+from lumina_mgpt.generation.engine import Engine
+from lumina_mgpt.generation.pipeline import make_settings
 from lumina_mgpt.model import ModelConfig, load_model
+from lumina_mgpt.model_folder import FAMILY_DEFAULTS
 
 SMALL = dict(hidden_size=512, intermediate_size=1376, num_layers=8, num_heads=8, num_kv_heads=8)
 
@@ -111,8 +112,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=256, help="square image side in pixels")
     parser.add_argument("--batch", type=int, default=4, help="prompts per batch for our batched run")
-    parser.add_argument("--cfg", type=float, default=4.0)
-    parser.add_argument("--top-k", type=int, default=2000)
+    parser.add_argument("--cfg", type=float, help="default: the official v1 model's (FAMILY_DEFAULTS)")
+    parser.add_argument("--top-k", type=int, help="default: the official v1 model's (FAMILY_DEFAULTS)")
     parser.add_argument("--peak-gbps", type=float, default=3350.0, help="device peak memory bandwidth, GB/s")
     parser.add_argument("--skip-reference", action="store_true")
     args = parser.parse_args()
@@ -142,7 +143,9 @@ def main() -> None:
     tokens_per_image = rows * (cols + 1) + 1
     rng = np.random.default_rng(0)
     prompts = [list(rng.integers(0, 30000, 40)) + [layout.separator_id] for _ in range(args.batch)]
-    settings = GenerationSettings(image=SamplingSettings(temperature=1.0, top_k=args.top_k), cfg=args.cfg)
+    # The random model is v1-shaped: sample as official v1 does.
+    settings = make_settings(FAMILY_DEFAULTS["lumina-mgpt"], cfg=args.cfg, top_k=args.top_k)
+    args.cfg, args.top_k = settings.cfg, settings.image.top_k
     engine = Engine(ours, layout)
 
     # Warm-up (compilation on CUDA), then measure.

@@ -20,9 +20,13 @@ import numpy as np
 import torch
 
 from lumina_mgpt.formats import get_layout, grid_shape
-from lumina_mgpt.generation.engine import Engine, GenerationSettings
-from lumina_mgpt.generation.sampling import SamplingSettings
+from lumina_mgpt.generation.engine import Engine
+from lumina_mgpt.generation.pipeline import make_settings
 from lumina_mgpt.model import ModelConfig, Transformer, quantize_model
+from lumina_mgpt.model_folder import FAMILY_DEFAULTS
+
+# The random models are v1-shaped: sample as official v1 does.
+SETTINGS = make_settings(FAMILY_DEFAULTS["lumina-mgpt"])
 
 CPU_SHAPES = {
     "tiny": dict(preset="tiny"),
@@ -86,18 +90,17 @@ def cpu_report(args) -> None:
     layout = get_layout("compact", text_vocab_size=65536 - 8192 - 134, codebook_size=8192, downsample=16)
     rows, cols = grid_shape(args.size, args.size, layout)
     tokens = rows * (cols + 1) + 1
-    settings = GenerationSettings(image=SamplingSettings(temperature=1.0, top_k=2000), cfg=4.0)
     prompt = list(np.random.default_rng(0).integers(0, 30000, 40)) + [layout.separator_id]
     ids = torch.randint(0, layout.vocab_size, (4, 64), generator=torch.Generator().manual_seed(1))
     print(f"CPU, fp32 vs int8 weight-only (torchao), vocab {layout.vocab_size}, image {args.size}x{args.size} "
-          f"({tokens} tokens, cfg 4, plain decoding)")
+          f"({tokens} tokens, cfg {SETTINGS.cfg:g}, top-k {SETTINGS.image.top_k}, plain decoding)")
     print(f"{'model':>32} {'params':>8} {'logits err':>11} {'TV':>8} {'weights fp32':>13} {'int8':>9} "
           f"{'tok/s fp32':>11} {'int8':>8}")
     for name, shape in CPU_SHAPES.items():
         reference = build(layout, shape, "cpu", torch.float32, None)
         quantized = build(layout, shape, "cpu", torch.float32, "int8")
         approx, exact = quantized(ids), reference(ids)
-        speeds = [tokens / image_seconds(Engine(m, layout), prompt, args.size, settings, "cpu", None)
+        speeds = [tokens / image_seconds(Engine(m, layout), prompt, args.size, SETTINGS, "cpu", None)
                   for m in (reference, quantized)]
         params = reference.config.num_parameters / 1e6
         error, tv = relative_error(approx, exact), mean_total_variation(approx, exact)
@@ -109,12 +112,12 @@ def cuda_report(args) -> None:
     layout = get_layout("compact", text_vocab_size=65536 - 8192 - 134, codebook_size=8192, downsample=16)
     rows, cols = grid_shape(args.size, args.size, layout)
     tokens = rows * (cols + 1) + 1
-    settings = GenerationSettings(image=SamplingSettings(temperature=1.0, top_k=2000), cfg=4.0)
     prompt = list(np.random.default_rng(0).integers(0, 30000, 40)) + [layout.separator_id]
     ids = torch.randint(0, layout.vocab_size, (2, 128), generator=torch.Generator().manual_seed(1)).cuda()
     shape = dict(preset=args.preset)
     print(f"CUDA {torch.cuda.get_device_name()}, {args.preset} shape, image {args.size}x{args.size} ({tokens} tokens), "
-          f"cfg 4, top-k 2000, 1 prompt; random weights (SJD acceptance is not representative)")
+          f"cfg {SETTINGS.cfg:g}, top-k {SETTINGS.image.top_k}, 1 prompt; random weights "
+          "(SJD acceptance is not representative)")
     print(f"{'weights':>8} {'decoding':>9} {'logits err':>11} {'TV':>8} {'weights GB':>11} {'peak GB':>8} "
           f"{'s/image':>8} {'tok/s':>7}")
     reference_logits = None
@@ -127,7 +130,7 @@ def cuda_report(args) -> None:
         engine = Engine(model, layout, compile_decode=not args.no_compile)
         for window in (None, args.window):
             torch.cuda.reset_peak_memory_stats()
-            seconds = image_seconds(engine, prompt, args.size, settings, "cuda", window)
+            seconds = image_seconds(engine, prompt, args.size, SETTINGS, "cuda", window)
             peak = torch.cuda.max_memory_allocated() / 2**30
             decoding = "plain" if window is None else f"SJD {window}"
             print(f"{quant or 'bf16':>8} {decoding:>9} {error:11.4%} {tv:8.4f} {weight_bytes(model) / 2**30:11.2f} "

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 
 from lumina_mgpt.formats import get_layout, grid_shape
-from lumina_mgpt.generation.engine import Engine, GenerationSettings
-from lumina_mgpt.generation.pipeline import Pipeline
-from lumina_mgpt.generation.sampling import SamplingSettings
+from lumina_mgpt.generation.engine import Engine
+from lumina_mgpt.generation.pipeline import Pipeline, make_settings
 from lumina_mgpt.model import ModelConfig, Transformer, quantize_model
 from lumina_mgpt.model_folder import FAMILY_DEFAULTS
 
@@ -47,13 +46,8 @@ def random_setup(args):
         quantize_model(model, args.quant)
     rng = np.random.default_rng(0)
     prompts = [list(rng.integers(0, 30000, 40)) + [layout.separator_id] for _ in range(args.images)]
-    official = FAMILY_DEFAULTS["lumina-mgpt"]  # the random model is v1-shaped
-    settings = GenerationSettings(
-        image=SamplingSettings(
-            temperature=official.temperature, top_k=official.image_top_k if args.top_k is None else args.top_k
-        ),
-        cfg=official.cfg if args.cfg is None else args.cfg,
-    )
+    # The random model is v1-shaped: sample as official v1 does.
+    settings = make_settings(FAMILY_DEFAULTS["lumina-mgpt"], cfg=args.cfg, top_k=args.top_k)
     description = f"random {config.num_parameters / 1e6:.0f}M model, head x{args.logit_scale}"
     return Engine(model, layout), layout, prompts, settings, description
 
@@ -99,8 +93,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1,
                         help="prompts per call; a batch runs until its slowest row is done")
     parser.add_argument("--windows", type=int, nargs="+", default=[4, 8, 16])
-    parser.add_argument("--cfg", type=float, help="default: the model's own; 4.0 for a random model")
-    parser.add_argument("--top-k", type=int, help="default: the model's own; 2000 for a random model")
+    parser.add_argument("--cfg", type=float, help="default: the model's own; official v1's for a random model")
+    parser.add_argument("--top-k", type=int, help="default: the model's own; official v1's for a random model")
     parser.add_argument("--logit-scale", type=float, default=1.0, help="random model only: multiply the head")
     args = parser.parse_args()
 

@@ -251,7 +251,7 @@ def test_text_generation_stops_at_separator_and_never_emits_image_tokens(layout)
     "kwargs, message",
     [
         (dict(cfg=-1.0), "cfg must be >= 0"),
-        (dict(cfg_schedule="linear"), "unknown cfg_schedule 'linear'; accepted: constant, decay-to-4"),
+        (dict(cfg=4.0, cfg_schedule="linear"), "unknown cfg_schedule 'linear'; accepted: constant, decay-to-4"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, message):
@@ -271,7 +271,7 @@ def test_bad_sampling_settings_are_refused(kwargs, message):
 def test_bad_requests_are_refused_before_compute(layout):
     model = tiny_model(layout)
     engine = Engine(model, layout)
-    settings = GenerationSettings()
+    settings = GenerationSettings(cfg=4.0)
     with pytest.raises(FormatError, match="nearest valid size: 64x32"):
         engine.generate_images([[1, layout.separator_id]], 50, 32, settings, [0], progress=False)
     with pytest.raises(GenerationError, match="context"):

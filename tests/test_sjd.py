@@ -237,14 +237,14 @@ def test_sjd_images_parse_and_rows_are_reported_in_order(layout, size):
 def test_bad_windows_are_refused(layout, window):
     engine = Engine(small_model(layout), layout)
     with pytest.raises(GenerationError, match="sjd_window must be an integer >= 1"):
-        engine.generate_images([[1, layout.separator_id]], 64, 32, GenerationSettings(), [0], sjd_window=window)
+        engine.generate_images([[1, layout.separator_id]], 64, 32, GenerationSettings(cfg=4.0), [0], sjd_window=window)
 
 
 def test_window_beyond_the_cache_headroom_is_refused(layout):
     """A 64 x 32 image is 11 tokens after its 3-token header; a 20-token prompt leaves 256 - 23 - 11 = 222."""
     engine = Engine(small_model(layout), layout)
     prompt = [1] * 19 + [layout.separator_id]
-    (grid,) = engine.generate_images([prompt], 64, 32, GenerationSettings(), [0], progress=False, sjd_window=222)
+    (grid,) = engine.generate_images([prompt], 64, 32, GenerationSettings(cfg=4.0), [0], progress=False, sjd_window=222)
     assert grid.shape == (2, 4)
     with pytest.raises(GenerationError, match="leaves 222; use an sjd_window from 1 to that headroom"):
-        engine.generate_images([prompt], 64, 32, GenerationSettings(), [0], progress=False, sjd_window=223)
+        engine.generate_images([prompt], 64, 32, GenerationSettings(cfg=4.0), [0], progress=False, sjd_window=223)

@@ -43,9 +43,13 @@ StepCallback = Callable[[StepOutput], None]
 DECAY_FLOOR = 4.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GenerationSettings:
     """Status-aware settings: one set inside images, one for text, and the CFG scale (images only).
+
+    They hold no model's defaults: `cfg` is required and sampling defaults to plain softmax
+    (`SamplingSettings()`). A model family's defaults live in `model_folder.FAMILY_DEFAULTS`;
+    `pipeline.make_settings` (and `Pipeline.settings`) fills them in.
 
     `cfg_schedule` "constant" guides every image code with `cfg` (official v1, and our models);
     "decay-to-4" is official Lumina-mGPT 2.0 plain decoding (see `guidance_scales`): the scale
@@ -53,9 +57,9 @@ class GenerationSettings:
     Speculative decoding guides with the constant `cfg` under either schedule, as the official code does.
     """
 
-    image: SamplingSettings = field(default_factory=lambda: SamplingSettings(temperature=1.0, top_k=2000))
-    text: SamplingSettings = field(default_factory=lambda: SamplingSettings(temperature=1.0, top_k=10))
-    cfg: float = 4.0
+    cfg: float
+    image: SamplingSettings = field(default_factory=SamplingSettings)
+    text: SamplingSettings = field(default_factory=SamplingSettings)
     cfg_schedule: str = "constant"
 
     def __post_init__(self):
