@@ -113,6 +113,11 @@ class Engine:
     """Generates token streams from a `Transformer` that speaks a `VocabLayout`; `last_stats` is the
     `DecodeStats` of the last call.
 
+    `compile_decode`: None compiles the decode step on CUDA only; True compiles it with
+    mode="reduce-overhead" (on CUDA one CUDA graph per step: model decode and sampling); a dict gives
+    the `torch.compile` options instead (e.g. {"backend": "aot_eager"}); False runs it eagerly. The
+    step always compiles with fullgraph=True: a graph break is an error, never a silent slowdown.
+
     `text_bias` (V,) is added to the conditional logits of text tokens: -inf on the image-only tokens
     (codes, <end-of-line>, <end-of-image>, size indicators), which text may not contain; a caller may
     add its own preferences to it. Every entry point takes `on_step`, an observer called with each step's
@@ -120,7 +125,7 @@ class Engine:
     the model's logits and the guided image-code logits the codes were chosen from.
     """
 
-    def __init__(self, model: torch.nn.Module, layout: VocabLayout, compile_decode: bool | None = None):
+    def __init__(self, model: torch.nn.Module, layout: VocabLayout, compile_decode: bool | dict | None = None):
         self.model = model
         self.layout = layout
         device = next(model.parameters()).device
@@ -131,10 +136,7 @@ class Engine:
         forbidden[torch.as_tensor(layout.size_indicator_ids, device=device)] = True
         # <start-of-image> stays allowed in text: it switches the row to image mode.
         self.text_bias = torch.zeros(layout.vocab_size, device=device).masked_fill(forbidden, float("-inf"))
-        if compile_decode is None:
-            compile_decode = device.type == "cuda"
-        # reduce-overhead captures the whole step (model decode + sampling) into a CUDA graph.
-        self._decode_step = torch.compile(decode_step, mode="reduce-overhead") if compile_decode else decode_step
+        self._decode_step = _decode_step_for(device, compile_decode)
         self.last_stats: DecodeStats | None = None
         self.cache = None
         self._image_head: torch.nn.Module | None = None
@@ -340,3 +342,18 @@ class Engine:
         else:
             self._image_head.weight.copy_(self.model.lm_head.weight[self.code_ids])
         return self._image_head
+
+
+def _decode_step_for(device: torch.device, compile_decode: bool | dict | None):
+    """decode_step, compiled as `Engine`'s compile_decode says."""
+    if compile_decode is None:
+        compile_decode = device.type == "cuda"
+    if not isinstance(compile_decode, (bool, dict)):
+        raise GenerationError(
+            f"compile_decode must be None (compile on CUDA), True, False or a dict of torch.compile options; "
+            f"got {compile_decode!r}"
+        )
+    if compile_decode is False:
+        return decode_step
+    options = {"mode": "reduce-overhead"} if compile_decode is True else compile_decode
+    return torch.compile(decode_step, **{**options, "fullgraph": True})
