@@ -294,3 +294,46 @@ def test_image_runs_follow_weight_updates_between_calls(layout):
     fresh = Engine(model, layout).generate_images(prompts, WIDTH, HEIGHT, settings, [0], progress=False)
     np.testing.assert_array_equal(after[0], fresh[0])
     assert not np.array_equal(before[0], after[0])
+
+
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("schedule", ["constant", "decay-to-4"])
+def test_continuing_from_given_rows_gives_the_image_they_came_from(layout, window, schedule):
+    """Greedy: an image continued from the first k rows of a decoded image is that image, so the given rows
+    enter the conditional and unconditional contexts, the positions and the guidance scales as decoded rows
+    do; other given rows change the rest of the image."""
+    model = tiny_model(layout, dtype=torch.float64)
+    engine = Engine(model, layout)
+    settings = GenerationSettings(image=SamplingSettings(temperature=0.0), cfg=12.0, cfg_schedule=schedule)
+    prompts = prompts_of_lengths(layout, [3, 8])
+    full = np.stack(engine.generate_images(prompts, 96, 96, settings, [0, 1], progress=False, sjd_window=window))
+    for kept in (1, 4):
+        reported = []
+        continued = engine.generate_images(
+            prompts, 96, 96, settings, [0, 1], progress=False, sjd_window=window, given_rows=full[:, :kept],
+            on_row=lambda row, codes: reported.append(row),
+        )
+        np.testing.assert_array_equal(np.stack(continued), full)
+        assert reported == list(range(kept, 6))
+    other = (full[:, :1] + 1) % layout.codebook_size
+    changed = np.stack(engine.generate_images(prompts, 96, 96, settings, [0, 1], progress=False, given_rows=other))
+    np.testing.assert_array_equal(changed[:, :1], other)
+    assert not np.array_equal(changed[:, 1:], full[:, 1:])
+
+
+@pytest.mark.parametrize(
+    "given, error, message",
+    [
+        ([np.zeros((1, 4), np.int64)], GenerationError, "one grid of given rows per prompt: got 1 for 2 prompts"),
+        ([np.zeros((1, 3), np.int64)] * 2, GenerationError, r"shape \(k, 4\) with 0 <= k < 2 .*int64 \(1, 3\)"),
+        ([np.zeros((2, 4), np.int64)] * 2, GenerationError, r"0 <= k < 2 for a 2x4 image"),
+        ([np.zeros((1, 4))] * 2, GenerationError, "must be integer code grids"),
+        ([np.zeros((1, 4), np.int64), np.zeros((0, 4), np.int64)], GenerationError, "of one shape"),
+        ([np.full((1, 4), 40)] * 2, FormatError, "image codes must lie in 0..39"),
+    ],
+)
+def test_bad_given_rows_are_refused(layout, given, error, message):
+    engine = Engine(tiny_model(layout), layout)
+    prompts = prompts_of_lengths(layout, [3, 4])
+    with pytest.raises(error, match=message):
+        engine.generate_images(prompts, WIDTH, HEIGHT, GenerationSettings(cfg=2.0), [0, 1], given_rows=given)

@@ -22,8 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lumina_mgpt.errors import GenerationError
-from lumina_mgpt.formats import VocabLayout, check_image_size, grid_shape
-from lumina_mgpt.formats.unirep import forced_image_ids
+from lumina_mgpt.formats import VocabLayout, check_image_size, encode_image, grid_shape
 from lumina_mgpt.generation.checks import check_cfg_schedule
 from lumina_mgpt.generation.sampling import SamplingSettings
 from lumina_mgpt.generation.step import (
@@ -154,6 +153,7 @@ class Engine:
         progress: bool = True,
         sjd_window: int | None = None,
         on_step: StepCallback | None = None,
+        given_rows: Sequence[np.ndarray] | None = None,
     ) -> list[np.ndarray]:
         """Text-to-image: one (h, w) code grid per prompt.
 
@@ -163,6 +163,11 @@ class Engine:
         `sjd_window=L` decodes with speculative Jacobi decoding, L drafts verified per forward:
         the same distribution as plain decoding (not the same samples) in fewer forwards, always
         with the constant `settings.cfg` (see GenerationSettings).
+
+        `given_rows` continues images instead of starting them: one (k, w) grid of codes per prompt, the
+        same k < h for all, written as the image's first k rows (the upper panel of a dual-panel image,
+        the kept rows of an image being extended); the engine decodes rows k .. h - 1, and `on_row`
+        reports those. The returned grids hold the given rows too.
         """
         not_a_count = isinstance(sjd_window, bool) or not isinstance(sjd_window, int)
         if sjd_window is not None and (not_a_count or sjd_window < 1):
@@ -172,19 +177,37 @@ class Engine:
             )
         check_image_size(width, height, self.layout)
         rows, cols = grid_shape(width, height, self.layout)
-        header = [self.layout.start_image_id, *forced_image_ids(rows, cols, self.layout)[:2].tolist()]
-        cond = [list(p) + header for p in prompts]
-        batch = cond + [header] * len(cond) if settings.guided else cond
-        num_steps = rows * (cols + 1) + 1  # body tokens, then <end-of-image>
+        given = self._check_given_rows(given_rows, len(prompts), rows, cols)
+        # <start-of-image>, the size indicators of the whole image and the given rows, left open.
+        blocks = [encode_image(grid, self.layout, panel_rows=rows).tolist() for grid in given]
+        cond = [list(p) + block for p, block in zip(prompts, blocks)]
+        batch = cond + blocks if settings.guided else cond
+        kept = given.shape[1]
+        num_steps = (rows - kept) * (cols + 1) + 1  # body tokens left, then <end-of-image>
         tokens = self._run(
-            batch, settings, seeds, num_steps, image_shape=(rows, cols), start_pos=2,
+            batch, settings, seeds, num_steps, image_shape=(rows, cols), start_pos=2 + kept * (cols + 1),
             on_row=on_row, progress=progress, window=sjd_window or 0, on_step=on_step,
         )
-        grids = []
-        for row_tokens in tokens:
-            body = row_tokens[: rows * (cols + 1)].reshape(rows, cols + 1)[:, :cols]
-            grids.append(self.layout.ids_to_codes(body))
-        return grids
+        body = tokens[:, : (rows - kept) * (cols + 1)].reshape(len(tokens), rows - kept, cols + 1)[..., :cols]
+        return list(np.concatenate([given, self.layout.ids_to_codes(body)], axis=1))
+
+    def _check_given_rows(
+        self, given_rows: Sequence[np.ndarray] | None, num_prompts: int, rows: int, cols: int
+    ) -> np.ndarray:
+        """The given rows as one int64 array (prompts, k, cols); (prompts, 0, cols) when there are none."""
+        if given_rows is None:
+            return np.zeros((num_prompts, 0, cols), dtype=np.int64)
+        grids = [np.asarray(grid) for grid in given_rows]
+        if len(grids) != num_prompts:
+            raise GenerationError(f"need one grid of given rows per prompt: got {len(grids)} for {num_prompts} prompts")
+        shapes = {grid.shape for grid in grids}
+        kinds_ok = all(np.issubdtype(grid.dtype, np.integer) for grid in grids)
+        if len(shapes) > 1 or not kinds_ok or any(len(s) != 2 or s[1] != cols or s[0] >= rows for s in shapes):
+            raise GenerationError(
+                f"given_rows must be integer code grids of one shape (k, {cols}) with 0 <= k < {rows} for a "
+                f"{rows}x{cols} image; got {', '.join(f'{g.dtype} {g.shape}' for g in grids)}"
+            )
+        return np.stack(grids).astype(np.int64)
 
     @torch.inference_mode()
     def generate_text(
@@ -307,21 +330,24 @@ class Engine:
             previous, decoded = decoded, int(state.emitted.min()) if window else decoded + 1
             bar.update(decoded - previous)
             if on_row is not None and not text_mode:
-                reported_rows = self._report_rows(out, decoded, image_shape, reported_rows, on_row)
+                reported_rows = self._report_rows(out, decoded, image_shape, start_pos, reported_rows, on_row)
         bar.close()
         self.last_stats = DecodeStats(tokens=decoded - 1, forwards=forwards)
         return out[:, :num_steps].cpu().numpy()
 
     def _report_rows(
-        self, out: torch.Tensor, emitted: int, image_shape: tuple[int, int], reported: int, on_row: RowCallback
+        self, out: torch.Tensor, emitted: int, image_shape: tuple[int, int], start_pos: int, reported: int,
+        on_row: RowCallback,
     ) -> int:
-        """Call on_row(r, codes of row r for every prompt) for each row whose <end-of-line> every
-        prompt has emitted since the last call; returns the number of rows reported so far."""
+        """Call on_row(r, codes of row r for every prompt) for each row whose <end-of-line> every prompt
+        has emitted since the last call (r counts from the image's top, `start_pos` being the image
+        position of the run's first token); returns the number of rows reported so far."""
         rows, cols = image_shape
-        complete = min(emitted // (cols + 1), rows)
+        first_row = (start_pos - 2) // (cols + 1)
+        complete = min(emitted // (cols + 1), rows - first_row)
         for row in range(reported, complete):
             ids = out[:, row * (cols + 1): row * (cols + 1) + cols].cpu().numpy()
-            on_row(row, self.layout.ids_to_codes(ids))
+            on_row(first_row + row, self.layout.ids_to_codes(ids))
         return complete
 
     def _cache_for(self, batch_size: int, max_len: int):
