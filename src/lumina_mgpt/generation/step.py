@@ -180,13 +180,16 @@ def choose(plan: DecodePlan, logits: torch.Tensor, state: RowState) -> tuple[tor
 
 def verify(
     plan: DecodePlan, logits: torch.Tensor, state: RowState, fed: torch.Tensor, is_code: torch.Tensor,
-    forced: torch.Tensor, positions: torch.Tensor,
+    forced: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, RowState, torch.Tensor]:
-    """SJD: from the logits (B, L + 1, C) of the pending token and the drafts `fed` (P, L + 1), the emitted
-    block (P, L + 1), counts (P,), the new state and the guided code logits. Acceptance and the correction
-    are keyed by output position (`positions`, P x (L + 1)), the next drafts by the step."""
+    """SJD: from the logits (B, L + 1, C) of the pending token and the drafts `fed` (P, L + 1), whose
+    positions the grammar describes by `is_code` and `forced` (P, L + 1), the emitted block (P, L + 1),
+    counts (P,), the new state and the guided code logits. Acceptance and the correction are keyed by
+    output position (tokens emitted before), the next drafts by the step."""
     window = plan.window
-    guided = guided_code_logits(plan, logits, state.pos[:, None] + torch.arange(window + 1, device=fed.device))
+    offsets = torch.arange(window + 1, device=fed.device)
+    positions = state.emitted[:, None] + offsets
+    guided = guided_code_logits(plan, logits, state.pos[:, None] + offsets)
     target = target_probs(guided, plan.image)
     accepted = count_accepted(
         target, state.drafts, state.draft_probs, ~is_code[:, :-1],
@@ -229,9 +232,7 @@ def decode_step(model: torch.nn.Module, cache, plan: DecodePlan, state: RowState
     if not plan.window:
         tokens, state, guided = choose(plan, logits, state)
         return StepOutput(state, tokens[:, None], torch.ones_like(tokens), logits, guided)
-    block, counts, state, guided = verify(
-        plan, logits, state, fed, is_code, forced, state.emitted[:, None] + offsets
-    )
+    block, counts, state, guided = verify(plan, logits, state, fed, is_code, forced)
     # Keep in the cache every emitted token but the new pending one; finished rows keep nothing.
     unkept = plan.window + 1 - counts
     cache.rollback(torch.cat([unkept, unkept]) if plan.guided else unkept)
