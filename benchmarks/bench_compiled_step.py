@@ -110,7 +110,9 @@ def main() -> None:
             forwards = eager.last_stats.forwards
             eager_seconds = compiled_seconds = float("inf")
             for _ in range(args.repeats):
-                eager_seconds = min(eager_seconds, timed_run(eager, prompts, args.size, settings, window, args.device)[0])
+                eager_seconds = min(
+                    eager_seconds, timed_run(eager, prompts, args.size, settings, window, args.device)[0]
+                )
                 compiled_seconds = min(
                     compiled_seconds, timed_run(compiled, prompts, args.size, settings, window, args.device)[0]
                 )

@@ -337,3 +337,35 @@ def test_bad_given_rows_are_refused(layout, given, error, message):
     prompts = prompts_of_lengths(layout, [3, 4])
     with pytest.raises(error, match=message):
         engine.generate_images(prompts, WIDTH, HEIGHT, GenerationSettings(cfg=2.0), [0, 1], given_rows=given)
+
+
+def test_text_runs_finish_an_image_the_prompt_ends_inside(layout):
+    """Greedy: cutting an answer anywhere inside an image and asking for the rest gives the rest of the same
+    answer, so the engine resumes the image at the prompt's position (grammar, forced tokens, then text)."""
+    engine = Engine(tiny_model(layout, dtype=torch.float64), layout)
+    engine.text_bias[layout.start_image_id] = 1e4  # open an image at once, and again after each one
+    greedy = SamplingSettings(temperature=0.0)
+    settings = GenerationSettings(image=greedy, text=greedy, cfg=1.0)
+    (prompt,) = prompts_of_lengths(layout, [5])
+    (answer,) = engine.generate_text(
+        [prompt], settings, [0], max_new_tokens=20, image_size=(WIDTH, HEIGHT), progress=False
+    )
+    block = 3 + 2 * (4 + 1) + 1
+    assert answer[0] == layout.start_image_id and answer[block - 1] == layout.end_image_id
+    for cut in (1, 2, 3, 5, 8, block - 1, block):
+        (rest,) = engine.generate_text(
+            [prompt + list(answer[:cut])], settings, [0], max_new_tokens=20 - cut, image_size=(WIDTH, HEIGHT),
+            progress=False,
+        )
+        np.testing.assert_array_equal(rest, answer[cut:])
+
+
+def test_a_prompt_ending_inside_an_image_of_another_size_is_refused(layout):
+    engine = Engine(tiny_model(layout), layout)
+    settings = GenerationSettings(cfg=1.0)
+    size_32 = layout.size_indicator_ids[1]
+    open_32x32 = [1, 2, layout.separator_id, layout.start_image_id, size_32, size_32]
+    with pytest.raises(GenerationError, match="prompt 1 ends inside an image of 32x32 pixels, but image_size is 64x32"):
+        engine.generate_text([[1, layout.separator_id], open_32x32], settings, [0, 1], image_size=(WIDTH, HEIGHT))
+    with pytest.raises(FormatError, match="expected the width size indicator"):
+        engine.generate_text([open_32x32[:5] + [layout.end_line_id]], settings, [0], image_size=(WIDTH, HEIGHT))

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lumina_mgpt.errors import GenerationError
-from lumina_mgpt.formats import VocabLayout, check_image_size, encode_image, grid_shape
+from lumina_mgpt.formats import ImageSegment, VocabLayout, check_image_size, encode_image, grid_shape, parse
 from lumina_mgpt.generation.checks import check_cfg_schedule
 from lumina_mgpt.generation.sampling import SamplingSettings
 from lumina_mgpt.generation.step import (
@@ -185,7 +185,7 @@ class Engine:
         kept = given.shape[1]
         num_steps = (rows - kept) * (cols + 1) + 1  # body tokens left, then <end-of-image>
         tokens = self._run(
-            batch, settings, seeds, num_steps, image_shape=(rows, cols), start_pos=2 + kept * (cols + 1),
+            batch, settings, seeds, num_steps, image_shape=(rows, cols), positions=[2 + kept * (cols + 1)] * len(cond),
             on_row=on_row, progress=progress, window=sjd_window or 0, on_step=on_step,
         )
         body = tokens[:, : (rows - kept) * (cols + 1)].reshape(len(tokens), rows - kept, cols + 1)[..., :cols]
@@ -223,17 +223,20 @@ class Engine:
         """Continue each prompt until the turn separator (included) or max_new_tokens.
 
         If the model opens an image, the engine writes an image of `image_size` (width, height)
-        with the image settings and then returns to text settings. Guidance is not applied here:
-        the unconditional context of an image opened mid-answer is not a prefix of the batch
-        (the official chat and Omni defaults use cfg 1.0 too).
+        with the image settings and then returns to text settings. A prompt may hold images, and may
+        end inside one of `image_size` (cut anywhere after its <start-of-image>): the engine then
+        finishes that image first. Guidance is not applied here: the unconditional context of an image
+        opened mid-answer is not a prefix of the batch (the official chat and Omni defaults use cfg 1.0 too).
         """
         if max_new_tokens < 1:
             raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         check_image_size(*image_size, self.layout)
+        image_shape = grid_shape(*image_size, self.layout)
+        positions = [self._position_after(prompt, image_size, i) for i, prompt in enumerate(prompts)]
         unguided = GenerationSettings(image=settings.image, text=settings.text, cfg=1.0)
         tokens = self._run(
             [list(p) for p in prompts], unguided, seeds, max_new_tokens,
-            image_shape=grid_shape(*image_size, self.layout), start_pos=TEXT_MODE,
+            image_shape=image_shape, positions=positions, text=True,
             on_row=None, progress=progress, window=0, on_step=on_step,
         )
         results = []
@@ -241,6 +244,22 @@ class Engine:
             stop = np.flatnonzero(row_tokens == self.layout.separator_id)
             results.append(row_tokens[: stop[0] + 1] if len(stop) else row_tokens)
         return results
+
+    def _position_after(self, prompt: Sequence[int], image_size: tuple[int, int], index: int) -> int:
+        """The image position of the token after `prompt`: TEXT_MODE unless the prompt ends inside an image,
+        which must be of `image_size`. UniRepError for a malformed image in the prompt."""
+        segments = parse(np.asarray(prompt, dtype=np.int64), self.layout) if len(prompt) else []
+        if not segments or not isinstance(segments[-1], ImageSegment) or segments[-1].complete:
+            return TEXT_MODE
+        image = segments[-1]
+        width, height = image_size
+        if (image.height and image.height != height) or (image.width and image.width != width):
+            announced = f"{image.width or '?'}x{image.height}"
+            raise GenerationError(
+                f"prompt {index} ends inside an image of {announced} pixels, but image_size is {width}x{height}; "
+                f"pass the size of the image to continue as image_size"
+            )
+        return image.length - 1  # positions count from the token after <start-of-image>
 
     # ------------------------------------------------------------------ the loop
     def _run(
@@ -250,17 +269,19 @@ class Engine:
         seeds: Sequence[int],
         num_steps: int,
         image_shape: tuple[int, int],
-        start_pos: int,
+        positions: list[int],
         on_row: RowCallback | None,
         progress: bool,
         window: int,
         on_step: StepCallback | None,
+        text: bool = False,
     ) -> np.ndarray:
         """Prefill `batch` (conditional rows, then unconditional rows when guided) and emit
         `num_steps` tokens per conditional row. Returns (num_prompts, num_steps) ids.
 
-        A run that starts in text (start_pos TEXT_MODE) samples text and may open images; one that
-        starts inside an image (start_pos >= 0) samples only codes, through a code-only head. Each
+        `positions` holds each prompt's image position after its prompt (TEXT_MODE when it ends in text).
+        A `text` run samples text and may open and close images; an image run samples only codes,
+        through a code-only head. Each
         step emits a block of tokens per prompt at that prompt's own offset: one token for plain
         decoding, one or more with a speculative `window` (images only)."""
         num_prompts = len(batch) // 2 if settings.guided else len(batch)
@@ -287,13 +308,12 @@ class Engine:
             )
 
         device = self.device
-        text_mode = start_pos == TEXT_MODE
         padded = torch.full((len(batch), prompt_len), self.layout.pad_id, dtype=torch.int64)
         for i, row in enumerate(batch):
             padded[i, prompt_len - len(row):] = torch.as_tensor(row, dtype=torch.int64)
         self.cache = self._cache_for(len(batch), prompt_len + num_steps + window)
         # An image-only run samples nothing but codes: a head over the code rows skips most of lm_head.
-        head = None if text_mode else self._code_head()
+        head = None if text else self._code_head()
         logits = self.model.prefill(
             padded.to(device), self.cache, torch.as_tensor(lengths, dtype=torch.int64, device=device), head=head
         )
@@ -303,10 +323,14 @@ class Engine:
         schedule = replace(settings, cfg_schedule="constant") if window else settings
         scales = guidance_scales(schedule, rows // per_indicator, cols // per_indicator, 2 + rows * (cols + 1) + 1)
         plan = make_plan(
-            self.layout, image_shape, scales, settings.guided, settings.image, settings.text if text_mode else None,
-            num_steps, window, self.code_ids, self.text_bias if text_mode else None, head,
+            self.layout, image_shape, scales, guided=settings.guided, image=settings.image,
+            text=settings.text if text else None, num_steps=num_steps, window=window, code_ids=self.code_ids,
+            text_bias=self.text_bias if text else None, head=head,
         )
-        output = start(plan, logits, torch.as_tensor(list(seeds), dtype=torch.int64, device=device), start_pos)
+        output = start(
+            plan, logits, torch.as_tensor(list(seeds), dtype=torch.int64, device=device),
+            torch.as_tensor(positions, dtype=torch.int64, device=device),
+        )
         if on_step is not None:
             on_step(output)
         # Room for a whole block written at the last offset; the part past num_steps is dropped.
@@ -317,7 +341,7 @@ class Engine:
         decoded, forwards, reported_rows = 1, 0, 0  # decoded: tokens out for every prompt (host-side)
         bar = tqdm(total=num_steps, initial=1, disable=not progress, desc="decoding", unit="tok", leave=False)
         while decoded < num_steps:
-            if text_mode and (forwards + 1) % 16 == 0 and bool(state.done.all()):
+            if text and (forwards + 1) % 16 == 0 and bool(state.done.all()):
                 break
             offsets = state.emitted[:, None] + block_offsets
             output = self._decode_step(self.model, self.cache, plan, state)
@@ -329,8 +353,8 @@ class Engine:
             # Plain decoding emits one token per row and step: no need to ask the device.
             previous, decoded = decoded, int(state.emitted.min()) if window else decoded + 1
             bar.update(decoded - previous)
-            if on_row is not None and not text_mode:
-                reported_rows = self._report_rows(out, decoded, image_shape, start_pos, reported_rows, on_row)
+            if on_row is not None and not text:
+                reported_rows = self._report_rows(out, decoded, image_shape, positions[0], reported_rows, on_row)
         bar.close()
         self.last_stats = DecodeStats(tokens=decoded - 1, forwards=forwards)
         return out[:, :num_steps].cpu().numpy()

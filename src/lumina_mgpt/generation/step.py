@@ -239,9 +239,10 @@ def decode_step(model: torch.nn.Module, cache, plan: DecodePlan, state: RowState
     return StepOutput(state, block, counts, logits, guided)
 
 
-def start(plan: DecodePlan, prefill_logits: torch.Tensor, seeds: torch.Tensor, start_pos: int) -> StepOutput:
+def start(plan: DecodePlan, prefill_logits: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor) -> StepOutput:
     """The first token of every prompt from the prefill's last logits (B, V or C), and the initial state
-    (with SJD, a window of drafts drawn uniformly from the codebook)."""
+    (with SJD, a window of drafts drawn uniformly from the codebook). `positions` (P,) int64: each
+    prompt's image position after its prompt, TEXT_MODE for a prompt that ends in text."""
     num_prompts, device = seeds.shape[0], seeds.device
     codebook_size = plan.code_ids.shape[0]
     step = torch.tensor(0, dtype=torch.int64, device=device)
@@ -254,7 +255,7 @@ def start(plan: DecodePlan, prefill_logits: torch.Tensor, seeds: torch.Tensor, s
         draft_probs = torch.zeros((num_prompts, 0, codebook_size), device=device)
     state = RowState(
         pending=torch.full((num_prompts,), plan.pad_id, dtype=torch.int64, device=device),
-        pos=torch.full((num_prompts,), start_pos, dtype=torch.int64, device=device),
+        pos=positions,
         emitted=torch.zeros(num_prompts, dtype=torch.int64, device=device),
         done=torch.zeros(num_prompts, dtype=torch.bool, device=device),
         seeds=seeds,
