@@ -178,6 +178,21 @@ def test_sjd_keeps_constant_guidance_under_the_decay_schedule(layout):
     np.testing.assert_array_equal(np.stack(sjd), np.stack(plain_constant))
     assert not np.array_equal(np.stack(plain_decaying), np.stack(plain_constant))  # the schedule matters here
 
+def test_every_sjd_choice_is_guided_with_the_constant_scale_under_the_decay_schedule(layout):
+    """Each step's guided logits (the prefill's first choice included) are uncond + cfg * (cond - uncond) of
+    that step's logits, with the constant cfg at every window slot."""
+    model = small_model(layout)
+    engine = Engine(model, layout)
+    settings = GenerationSettings(image=SamplingSettings(temperature=1.0), cfg=12.0, cfg_schedule="decay-to-4")
+    steps = []
+    engine.generate_images(random_prompts(layout, [3, 9]), 96, 96, settings, [0, 1], progress=False,
+                           sjd_window=4, on_step=steps.append)
+    assert len(steps) == 1 + engine.last_stats.forwards
+    for step in steps:
+        cond, uncond = step.logits[:2], step.logits[2:]
+        torch.testing.assert_close(step.guided, uncond + 12.0 * (cond - uncond))
+
+
 def test_greedy_sjd_accepts_long_runs_on_a_predictable_model(layout):
     """A model whose greedy choice is always code 0 (all logits equal; argmax takes the first): every
     carried draft is right and (almost) every fresh uniform draft wrong. A forward that accepts a drafts
