@@ -10,6 +10,9 @@ acceptance is decided on the guided distribution.
 
 The guidance scale may change along the image (`GenerationSettings.cfg_schedule`): the plan holds one
 scale per image position (`guidance_scales`).
+
+Decoding may start inside an image: `generate_images(given_rows=)` continues images from given code
+rows, and `generate_text` finishes an image its prompt ends inside.
 """
 
 from __future__ import annotations
