@@ -218,7 +218,7 @@ def test_help_shows_the_models_real_defaults():
     assert (f"embedded model {embedded['image_top_k']}, official v1 {v1.image_top_k}, v2 {v2.image_top_k}"
             in actions["--top-k"].help)
     size = "x".join(map(str, embedded["size"]))
-    assert f"embedded model {size}, official {v1.size[0]}x{v1.size[1]}" in actions["--width"].help
+    assert f"embedded model {size}, official v1/v2 {v1.size[0]}x{v1.size[1]}" in actions["--width"].help
     assert f"(default: {DEFAULT_WINDOW})" in actions["--sjd-window"].help
 
 

@@ -118,13 +118,16 @@ def test_fewer_indicators_limit_the_accepted_sizes():
 def test_tokenize_verb_prints_prompt_and_image_lengths(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    path = chameleon_like_tokenizer(tmp_path)
-    args = parser.parse_args(["a red cube", "--width", "512", "--height", "256", "--tokenizer", str(path), "--ids"])
+    # An official v1 folder with its text tokenizer and no image tokenizer: ids need none.
+    chameleon_like_tokenizer(tmp_path)
+    (tmp_path / "config.json").write_text('{"vocab_size": 65536}')
+    args = parser.parse_args(["a red cube", "--width", "512", "--height", "256", "--model", str(tmp_path), "--ids"])
     assert cli.run(args) == 0
     question_ids = v1_tokenizer().encode("Generate an image of 512x256 according to the following prompt:\na red cube")
     prompt = [0] + question_ids + [8710]
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1:] == [
+    assert lines[1].startswith("layout: lumina-mgpt (vocab 65536,")
+    assert lines[2:] == [
         f"prompt: {len(prompt)} ids",
         "image: 512x256 -> grid 16x32 (rows x cols), block 532 ids",
         f"total: {len(prompt) + 532} ids",

@@ -143,7 +143,7 @@ class ModelInfo:
     defaults: Defaults
     tasks: tuple[str, ...]
     text_tokenizer: Any
-    image_tokenizer_path: Path
+    image_tokenizer_path: Path | None  # None when read with find_image_tokenizer=False
 
 
 def check_tasks(tasks: object, where: str = "tasks") -> tuple[str, ...]:
@@ -154,10 +154,13 @@ def check_tasks(tasks: object, where: str = "tasks") -> tuple[str, ...]:
 
 
 def read_model_info(
-    path: str | os.PathLike | None = None, image_tokenizer: str | os.PathLike | None = None
+    path: str | os.PathLike | None = None,
+    image_tokenizer: str | os.PathLike | None = None,
+    find_image_tokenizer: bool = True,
 ) -> ModelInfo:
     """Layout, defaults, tasks and tokenizers of the folder `path` names (see `resolve_model`), without
-    loading the model."""
+    loading the model. `find_image_tokenizer=False` skips the search for an official folder's image
+    tokenizer, for work on ids alone (`lumina tokenize`)."""
     from lumina_mgpt.text import TextTokenizer
 
     folder = resolve_model(path)
@@ -171,7 +174,9 @@ def read_model_info(
         family = _official_family(folder)
         layout = get_layout(family, tokenizer=text_tokenizer)
         defaults, tasks = FAMILY_DEFAULTS[family], FAMILY_TASKS[family]
-        vision_path = Path(image_tokenizer) if image_tokenizer else _find_file(folder, IMAGE_TOKENIZER_FILES[family])
+        vision_path = Path(image_tokenizer) if image_tokenizer else None
+        if vision_path is None and find_image_tokenizer:
+            vision_path = _find_file(folder, IMAGE_TOKENIZER_FILES[family])
     return ModelInfo(folder, layout, defaults, tasks, text_tokenizer, vision_path)
 
 

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from lumina_mgpt.model_folder import read_model_info
 
     (prompt,) = check_prompts(args.prompt)
-    info = read_model_info(args.model)
+    info = read_model_info(args.model, find_image_tokenizer=False)
     layout, tokenizer = info.layout, info.text_tokenizer
     width, height = check_image_dimensions(
         info.defaults.size[0] if args.width is None else args.width,

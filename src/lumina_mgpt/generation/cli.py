@@ -8,7 +8,7 @@ import functools
 import json
 import sys
 
-from lumina_mgpt.model_folder import EMBEDDED_MODEL, PROJECT_FILE
+from lumina_mgpt.model_folder import EMBEDDED_MODEL, FAMILY_DEFAULTS, PROJECT_FILE
 
 EMBEDDED_PROJECT_FILE = EMBEDDED_MODEL / PROJECT_FILE
 
@@ -24,12 +24,17 @@ def embedded_defaults() -> dict | None:
     return defaults if isinstance(defaults, dict) else None
 
 
-def _model_default(key: str, official: str) -> str:
-    """ "default: the model's; embedded model X, official ..." for an option whose default comes from the model."""
+def _shown(value: object) -> str:
+    return "x".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _model_default(key: str) -> str:
+    """ "default: the model's; embedded model X, official v1 Y, v2 Z" for an option whose default comes
+    from the model: the embedded model's lumina.json and the official families' FAMILY_DEFAULTS."""
     embedded = (embedded_defaults() or {}).get(key)
-    if isinstance(embedded, list):
-        embedded = "x".join(map(str, embedded))
-    shown = f"embedded model {embedded}, " if embedded is not None else ""
+    shown = f"embedded model {_shown(embedded)}, " if embedded is not None else ""
+    v1, v2 = (_shown(getattr(FAMILY_DEFAULTS[family], key)) for family in ("lumina-mgpt", "lumina-mgpt-2"))
+    official = f"official v1/v2 {v1}" if v1 == v2 else f"official v1 {v1}, v2 {v2}"
     return f"default: the model's; {shown}{official}"
 
 
@@ -55,20 +60,20 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     add_seed_argument(parser)
     parser.add_argument("--cfg", type=float,
                         help="classifier-free guidance scale, >= 0; 1 disables it "
-                             f"({_model_default('cfg', 'official v1/v2 4.0')})")
+                             f"({_model_default('cfg')})")
     parser.add_argument("--top-k", type=int,
                         help="image top-k: sample among the k likeliest codes, k >= 1 "
-                             f"({_model_default('image_top_k', 'official v1 2000, v2 4096')})")
+                             f"({_model_default('image_top_k')})")
     parser.add_argument("--top-p", type=float, default=1.0,
                         help="image top-p, in (0, 1]: sample among the likeliest codes holding this much probability "
                              "(default: 1.0, off)")
     parser.add_argument("--temperature", type=float,
                         help="sampling temperature, >= 0; 0 is greedy "
-                             f"({_model_default('temperature', 'official v1/v2 1.0')})")
+                             f"({_model_default('temperature')})")
     parser.add_argument("--cfg-schedule", metavar="NAME",
                         help="how the guidance scale moves along the image: constant, or decay-to-4 (official v2: "
                              "shrinks to 4 along the image, and raises a scale below 4 to 4) "
-                             "(default: the model's; official v2 decay-to-4, others constant)")
+                             f"({_model_default('cfg_schedule')})")
     parser.add_argument("--sjd", action="store_true",
                         help="speculative Jacobi decoding: the same image distribution in fewer forwards "
                              "(default: off)")
@@ -96,7 +101,7 @@ def sjd_window(args: argparse.Namespace) -> int | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", nargs="+", help="one or more prompts (quote each)")
     add_model_arguments(parser)
-    size = _model_default("size", "official 768x768")
+    size = _model_default("size")
     parser.add_argument("--width", type=int, help=f"image width in pixels ({size})")
     parser.add_argument("--height", type=int, help=f"image height in pixels ({size})")
     parser.add_argument("-n", "--num-images", type=int, default=1, help="images per prompt (default: 1)")
