@@ -47,13 +47,7 @@ IMAGE_SIZES = [(64, 64), (130, 36), (40, 120), (90, 70)]
 SETTINGS = PretokenizeSettings(target_size=64, shard_size=4, encode_batch_size=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny convolutions: extra threads only add contention on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

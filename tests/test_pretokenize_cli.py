@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from lumina_mgpt.cli import main
@@ -20,12 +19,7 @@ from lumina_mgpt.model_folder import EMBEDDED_MODEL, PROJECT_FILE
 from lumina_mgpt.shapes.dataset import write_dataset
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

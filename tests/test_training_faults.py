@@ -22,12 +22,7 @@ from test_training import SINGLE, factory, make_rows, read_log, recipe_text, wri
 ROWS = make_rows(12)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["full", "lora"])

@@ -34,14 +34,7 @@ TINY = VQConfig(
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These small convolutions gain nothing from a second intra-op thread, and on a busy machine
-    OpenMP's spin-waiting made each training step ~15x slower with two threads than with one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
