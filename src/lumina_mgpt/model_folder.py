@@ -40,12 +40,12 @@ from lumina_mgpt.errors import CheckpointError, GenerationError, LuminaError
 from lumina_mgpt.formats import VocabLayout, check_image_size, get_layout
 from lumina_mgpt.generation.checks import (
     CFG_SCHEDULES,
-    _is_integer,
-    _is_number,
     check_cfg,
     check_cfg_schedule,
     check_temperature,
     check_top_k,
+    is_integer,
+    is_number,
 )
 
 EMBEDDED_MODEL = Path(__file__).resolve().parent / "assets" / "shapes-model"
@@ -181,16 +181,16 @@ def read_model_info(
 
 
 # lumina.json fields: (JSON description, check).
-_INT = ("an integer", _is_integer)
-_NUMBER = ("a number", _is_number)
+_INT = ("an integer", is_integer)
+_NUMBER = ("a number", is_number)
 _JSON_FIELDS = {
     "layout": {
         "name": ("a string", lambda v: isinstance(v, str)),
         "vocab_size": _INT,
-        "bos_id": ("an integer or null", lambda v: v is None or _is_integer(v)),
+        "bos_id": ("an integer or null", lambda v: v is None or is_integer(v)),
         **{key: _INT for key in ("start_image_id", "end_image_id", "end_line_id", "separator_id", "pad_id",
                                  "downsample", "pixels_per_indicator")},
-        **{key: ("a list of integers", lambda v: isinstance(v, list) and all(map(_is_integer, v)))
+        **{key: ("a list of integers", lambda v: isinstance(v, list) and all(map(is_integer, v)))
            for key in ("size_indicator_ids", "code_ids")},
     },
     "defaults": {
@@ -199,7 +199,7 @@ _JSON_FIELDS = {
         "temperature": _NUMBER,
         "cfg": _NUMBER,
         "size": ("a list of two integers [width, height]",
-                 lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_integer, v))),
+                 lambda v: isinstance(v, list) and len(v) == 2 and all(map(is_integer, v))),
         "cfg_schedule": (f"one of {', '.join(CFG_SCHEDULES)}", lambda v: v in CFG_SCHEDULES),
     },
 }

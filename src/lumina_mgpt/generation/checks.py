@@ -18,28 +18,28 @@ MAX_SEED = 2**63 - 1
 CFG_SCHEDULES = ("constant", "decay-to-4")
 
 
-def _is_integer(value: object) -> bool:
+def is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _shown(value: object) -> str:
-    return repr(value) if _is_integer(value) else f"{value!r} ({type(value).__name__})"
+    return repr(value) if is_integer(value) else f"{value!r} ({type(value).__name__})"
 
 
 def check_integer(name: str, value: object, minimum: int, meaning: str, maximum: int | None = None) -> int:
     """`value` as an int, or GenerationError naming `name`, the value and the accepted range."""
-    if not _is_integer(value) or value < minimum or (maximum is not None and value > maximum):
+    if not is_integer(value) or value < minimum or (maximum is not None and value > maximum):
         accepted = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
         raise GenerationError(f"{name} must be an integer {accepted} ({meaning}), got {_shown(value)}")
     return int(value)
 
 
 def _check_real(name: str, value: object, accepted: str, valid: Callable[[float], bool]) -> float:
-    if not _is_number(value) or not math.isfinite(value) or not valid(value):
+    if not is_number(value) or not math.isfinite(value) or not valid(value):
         raise GenerationError(f"{name} must be {accepted}, got {_shown(value)}")
     return float(value)
 
@@ -90,7 +90,7 @@ def check_prompts(prompts: object, what: str = "prompt") -> list[str]:
 
 def check_seeds(seed: object, count: int) -> list[int]:
     """One seed per image: `seed + i` for an int seed, or a sequence of `count` seeds; each in 0..2**63-1."""
-    if _is_integer(seed):
+    if is_integer(seed):
         first = check_integer("seed", seed, 0, "image i uses seed + i", MAX_SEED)
         if first + count - 1 > MAX_SEED:
             raise GenerationError(
@@ -115,7 +115,7 @@ def check_image_dimensions(width: object, height: object, layout: VocabLayout) -
     """(width, height) as ints accepted by `layout`; GenerationError for non-integers, FormatError for sizes
     the layout cannot represent."""
     for name, value in (("width", width), ("height", height)):
-        if not _is_integer(value):
+        if not is_integer(value):
             step = layout.pixels_per_indicator
             raise GenerationError(
                 f"{name} must be an integer number of pixels, got {_shown(value)}; accepted: multiples of {step} "

@@ -400,8 +400,9 @@ class Pipeline:
         default to the model's (`self.defaults`; top_p 1.0), and so does cfg_schedule: "constant", or
         "decay-to-4" as official Lumina-mGPT 2.0 (the default of its folders; see docs/FORMATS.md).
         `sjd_window=L` (16 is usual) decodes with speculative Jacobi decoding: the same distribution of
-        images in fewer forwards, though not the same image for a seed as plain decoding. Each image carries its prompt and settings in
-        `image.info["parameters"]` (JSON), which `save_png` writes into the PNG's text metadata.
+        images in fewer forwards, though not the same image for a seed as plain decoding. Each image
+        carries its prompt and settings in `image.info["parameters"]` (JSON), which `save_png` writes
+        into the PNG's text metadata.
         Bad arguments raise GenerationError (FormatError for unrepresentable sizes) before any compute.
         """
         return list(self.iter_generate(

@@ -107,8 +107,8 @@ def _model_generator(args: argparse.Namespace):
     pipe = Pipeline.from_model_info(info, device=device, dtype=dtype, quant=args.quant)
     print(f"model: {info.folder} (layout {info.layout.name}, device {device})")
     print(
-        f"settings: cfg {settings.cfg:g} ({settings.cfg_schedule}), temperature {settings.image.temperature:g}, top-k {settings.image.top_k}, "
-        f"top-p {settings.image.top_p:g}, " + (f"SJD window {window}" if window else "plain decoding")
+        f"settings: cfg {settings.cfg:g} ({settings.cfg_schedule}), temperature {settings.image.temperature:g}, "
+        f"top-k {settings.image.top_k}, top-p {settings.image.top_p:g}, " + (f"SJD window {window}" if window else "plain decoding")
     )
     generated = 0
 

@@ -128,14 +128,16 @@ def load_rank_state(folder: Path, rank: int) -> dict:
         raise TrainingError(f"{path} is missing; a checkpoint holds one rank file per rank of the run")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
+    except pickle.UnpicklingError:
         # torch's own message advises loading without weights_only, which would run the file's code.
         if zipfile.is_zipfile(path):
             raise TrainingError(
                 f"{path} holds pickled objects other than tensors, numbers and plain containers; refused, since "
                 "loading them could run arbitrary code (a rank file written by `lumina train` holds only those)"
             ) from None
-        raise TrainingError(f"{path} is not a torch.save file (damaged?); a rank file written by `lumina train` is required") from None
+        raise TrainingError(
+            f"{path} is not a torch.save file (damaged?); a rank file written by `lumina train` is required"
+        ) from None
     except (RuntimeError, EOFError, OSError) as error:
         raise TrainingError(f"{path} is unreadable ({error}); the file is truncated or damaged") from error
 
