@@ -1,5 +1,6 @@
 """`lumina generate`: text to image, PNGs with their settings in the metadata, written as each batch
-finishes. Also the options shared by the verbs that run a model (generate, demo, eval shapes)."""
+finishes; with `--prompts FILE`, a prompt file over one process or many (torchrun; see batch_run.py).
+Also the options shared by the verbs that run a model (generate, demo, eval shapes)."""
 
 from __future__ import annotations
 
@@ -99,7 +100,13 @@ def sjd_window(args: argparse.Namespace) -> int | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", nargs="+", help="one or more prompts (quote each)")
+    parser.add_argument("prompt", nargs="*", help="one or more prompts (quote each), or none with --prompts")
+    parser.add_argument("--prompts", metavar="FILE",
+                        help="a prompt file, one request a line: plain text or a JSON object (prompt, seed, n, width, "
+                             "height, cfg, ...); each line's images use seeds seed..seed+n-1, are named by line and "
+                             "seed, and are skipped on a rerun when they exist; a manifest.json is written at the "
+                             "end; runs under torchrun, each rank taking its share (default: none, the prompts "
+                             "are arguments)")
     add_model_arguments(parser)
     size = _model_default("size")
     parser.add_argument("--width", type=int, help=f"image width in pixels ({size})")
@@ -114,11 +121,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from lumina_mgpt.errors import GenerationError
     from lumina_mgpt.generation.checks import check_prompts
     from lumina_mgpt.generation.outputs import OutputFolder, file_slug
     from lumina_mgpt.generation.pipeline import Pipeline, load_options, plan_generation
     from lumina_mgpt.model_folder import read_model_info
 
+    if args.prompts is not None:
+        if args.prompt:
+            raise GenerationError("give prompts as arguments or in a --prompts file, not both")
+        from lumina_mgpt.generation.batch_run import run_prompt_file
+
+        return run_prompt_file(args)
+    if not args.prompt:
+        raise GenerationError("no prompts given; pass one or more prompts as arguments, or --prompts FILE")
     # Cheap checks first, all before the slow model load: prompts, device and quantization, the
     # model folder's metadata (layout, defaults) with the sampling options, then the output folder.
     check_prompts(args.prompt)
