@@ -6,6 +6,8 @@ keeps the caption space large enough to hold out an evaluation set (see prompts.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from lumina_mgpt.errors import DataError
@@ -169,3 +171,97 @@ def describe(spec: Spec, rng: np.random.Generator) -> str:
         relation=_pick(rng, RELATION_PHRASES[relation.name]),
         reference=noun_phrase(groups[relation.reference]),
     )
+
+
+# --- the canonical caption -------------------------------------------------------------------------
+# One string per spec, in the first template of each category above (the form the embedded model was
+# trained to draw): "a red circle", "three circles", "a red circle and a square",
+# "a red circle to the left of a square". It is what captioning answers and what rewriting writes.
+CANONICAL_RELATION_PHRASES = {name: phrases[0] for name, phrases in RELATION_PHRASES.items()}
+INVERSE_RELATIONS = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def canonical_caption(spec: Spec) -> str:
+    """The canonical caption of `spec` (parse_caption reads it back to a spec of the same meaning).
+
+    Groups of one object are "a/an ..." (not exact), groups of two to four are counted exactly
+    ("three circles"), as every sampled spec is; other groups have no canonical form."""
+    for group in spec.groups:
+        if group.exact != (group.count > 1):
+            raise DataError(
+                f"group {group} has no canonical caption; accepted: one object not exact, or 2 to 4 objects exact"
+            )
+    phrases = [noun_phrase(group) for group in spec.groups]
+    relation = spec.relation
+    if relation is not None:
+        if len(spec.groups) != 2:
+            raise DataError(f"a spec with a relation has no canonical caption with {len(spec.groups)} groups; accepted: 2")
+        return f"{phrases[relation.subject]} {CANONICAL_RELATION_PHRASES[relation.name]} {phrases[relation.reference]}"
+    if len(phrases) > 2:
+        raise DataError(f"a spec of {len(phrases)} groups has no canonical caption; accepted: 1 or 2 groups")
+    return " and ".join(phrases)
+
+
+_COUNT_WORDS = {"a": 1, "an": 1, "one": 1, "1": 1, "two": 2, "2": 2, "three": 3, "3": 3, "four": 4, "4": 4}
+_NOUN = (
+    rf"(?:{'|'.join(_COUNT_WORDS)}) (?:(?:{'|'.join(COLORS)}) )?(?:{'|'.join(SHAPES)})s?"
+)
+_RELATION_WORDS = {phrase: name for name, phrases in RELATION_PHRASES.items() for phrase in phrases}
+_CAPTION = re.compile(
+    rf"(?P<first>{_NOUN})(?:(?P<joint> and | (?:{'|'.join(sorted(_RELATION_WORDS, key=len, reverse=True))}) )"
+    rf"(?P<second>{_NOUN}))?"
+)
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, punctuation and quotes as spaces, single spaces: the form captions and answers are compared in."""
+    return " ".join(re.sub(r"[.,!?;:\"'()]", " ", text.lower()).split())
+
+
+def _parse_group(phrase: str) -> ObjectGroup | None:
+    words = phrase.split()
+    count, noun = _COUNT_WORDS[words[0]], words[-1]
+    shape = noun.removesuffix("s")
+    if (count > 1) != (shape != noun):  # "two circle", "a circles"
+        return None
+    color = words[1] if len(words) == 3 else None
+    return ObjectGroup(shape, color, count, exact=count > 1)
+
+
+def parse_caption(text: str) -> Spec | None:
+    """The spec a canonical caption means (case, punctuation and numerals aside), or None when `text`
+    is not one. The category is the most specific one the groups fit."""
+    match = _CAPTION.fullmatch(normalize_text(text))
+    if match is None:
+        return None
+    groups = [_parse_group(match["first"])]
+    if match["second"] is not None:
+        groups.append(_parse_group(match["second"]))
+    if None in groups:
+        return None
+    joint = (match["joint"] or "").strip()
+    if joint and joint != "and":
+        if any(group.count > 1 for group in groups):
+            return None
+        return Spec("position", tuple(groups), Relation(0, _RELATION_WORDS[joint], 1))
+    if len(groups) == 2:
+        if any(group.count > 1 for group in groups):
+            return None
+        category = "color_attr" if all(group.color for group in groups) else "two_object"
+        return Spec(category, tuple(groups))
+    (group,) = groups
+    category = "counting" if group.count > 1 else ("colors" if group.color else "single_object")
+    return Spec(category, (group,))
+
+
+def spec_meaning(spec: Spec) -> tuple:
+    """What a spec asks for, independent of its category, group order and relation direction:
+    two specs with equal meanings are satisfied by the same images."""
+    keys = [(g.shape, g.color or "", g.count, g.exact) for g in spec.groups]
+    relation = None
+    if spec.relation is not None:
+        subject, name, reference = spec.relation.subject, spec.relation.name, spec.relation.reference
+        if name in ("right of", "below"):  # "A right of B" is "B left of A"
+            subject, name, reference = reference, INVERSE_RELATIONS[name], subject
+        relation = (keys[subject], name, keys[reference])
+    return tuple(sorted(keys)), relation

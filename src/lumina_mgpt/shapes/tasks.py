@@ -1,0 +1,538 @@
+"""The multi-task shapes world: for each task, training records and held-out evaluation items.
+
+Tasks (TASK_NAMES): text_to_image; the edits edit_recolor, edit_move, edit_add, edit_remove; control_edges
+(edge map -> image, with a caption); subject (the same object in a new scene); segmentation and edges
+(image -> map); caption, vqa (understanding: the image in the user turn); rewrite (a free-form request
+-> the canonical caption, text only).
+
+Image-to-image tasks are v2-style dual panels of 64x128 (formats.image_to_image_prompt and
+image_map_pair_prompt with the whole panel's size): the condition in the upper panel, the result in
+the lower one, which the model writes given the upper panel's code rows. Text-to-image uses the
+64x64, 80x48 and 48x80 canvases; understanding tasks show a 64x64 image.
+
+Seeds: training record i of a task comes from `np.random.default_rng([seed, TRAIN_STREAM, task_key, i])`,
+evaluation item i from `[seed, EVAL_STREAM, task_key, i]` (task_key: the CRC-32 of the task's name).
+The two entropy words differ, so the streams are independent whatever the seeds: an evaluation
+scene and instruction equals a training one only by a chance collision in a space of millions.
+Evaluation prompts for text-to-image and rewriting use the held-out phrasings (heldout_phrasing.py),
+which training never produces, and training prompts never equal a ShapesEval prompt.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image
+
+from lumina_mgpt.errors import DataError
+from lumina_mgpt.formats import IMAGE_PLACEHOLDER, image_map_pair_prompt, image_to_image_prompt, text_to_image_prompt
+from lumina_mgpt.shapes.analyze import DetectedObject, score_detections
+from lumina_mgpt.shapes.captions import (
+    INVERSE_RELATIONS,
+    canonical_caption,
+    noun_phrase,
+    sample_spec,
+)
+from lumina_mgpt.shapes.dual_panel import (
+    PHRASINGS,
+    Edit,
+    describe_objects,
+    edge_map,
+    sample_edit,
+    segmentation_map,
+    stack_panels,
+    subject_scenes,
+)
+from lumina_mgpt.shapes.heldout_phrasing import heldout_phrase_cycling
+from lumina_mgpt.shapes.phrasing import apply_case, edit_instruction, phrase
+from lumina_mgpt.shapes.prompts import is_held_out
+from lumina_mgpt.shapes.spec import CATEGORIES, COLORS, SHAPES, ObjectGroup, Relation, Spec
+from lumina_mgpt.shapes.world import CANVAS_SIZES, Scene, place_objects, render, scene_from_spec
+
+TASK_NAMES: tuple[str, ...] = (
+    "text_to_image",
+    "edit_recolor",
+    "edit_move",
+    "edit_add",
+    "edit_remove",
+    "control_edges",
+    "subject",
+    "segmentation",
+    "edges",
+    "caption",
+    "vqa",
+    "rewrite",
+)
+TRAIN_STREAM, EVAL_STREAM = 0, 1
+PANEL = (64, 64)  # (width, height) of each half of a dual panel, and of understanding images
+DUAL_PANEL = (PANEL[0], 2 * PANEL[1])
+# The user turn of rewriting; the answer is the request's canonical caption (captions.canonical_caption).
+REWRITE_INSTRUCTION = "rewrite as a shapes caption: {request}"
+# Conditions of the dual-panel prompts (formats.image_to_image_prompt): what the upper panel shows.
+EDIT_CONDITION = "image to edit"
+EDGE_MAP = "canny edge map"  # the official name nearest to our one-pixel object outlines
+# The text after the dual-panel sentence of the prediction tasks (the API knows no caption there).
+PREDICTION_TEXT = {"segmentation": "segment the shapes by class", "edges": "outline the shapes"}
+# The v2 image-to-map sentence (formats.image_map_pair_prompt) with a map the official list lacks.
+SEGMENTATION_PROMPT = (
+    "Generate a dual-panel image of {width}x{height} where the <lower half> displays a <segmentation map>, "
+    "while the <upper half> retains the original image for direct visual comparison:\n{prompt}"
+)
+CAPTION_QUESTIONS = (
+    "describe the image.",
+    "describe the image",
+    "what does this image show?",
+    "write a caption for this image.",
+    "caption this picture.",
+    "what is in the picture?",
+    "describe this picture in a few words.",
+    "what do you see?",
+)
+VQA_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "how_many": (
+        "how many {plural} are there?",
+        "how many {plural} are in the image?",
+        "count the {plural}.",
+        "how many {plural} do you see?",
+        "number of {plural}?",
+    ),
+    "what_color": (
+        "what color is the {name}?",
+        "which color does the {name} have?",
+        "what is the color of the {name}?",
+        "the {name} is what color?",
+    ),
+    "where": (
+        "where is the {subject} relative to the {reference}?",
+        "where is the {subject} compared to the {reference}?",
+        "how is the {subject} placed relative to the {reference}?",
+        "is the {subject} left of, right of, above or below the {reference}?",
+    ),
+    "yes_no": (
+        "does this image show: {caption}?",
+        "does the image show {caption}?",
+        "is this a picture of {caption}?",
+        "does this picture match: {caption}?",
+    ),
+}
+VQA_KINDS = ("how_many", "how_many_colored", "what_color", "where", "yes_no")
+NEAR_MISSES = ("wrong_color", "wrong_count", "swapped_relation", "wrong_shape")
+SAMPLE_ATTEMPTS = 100
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """One conversation ready for the data writer: turns alternate human, assistant, and hold one
+    `<|image|>` per image, in order."""
+
+    task: str
+    turns: tuple[str, ...]
+    images: tuple[Image.Image, ...] = ()
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """What the API gets for one evaluation item and what a right answer is.
+
+    text: the prompt, instruction, question or request; image: the input (the condition panel for
+    image-to-image tasks, the picture for understanding tasks), None for text-only tasks; kind: the
+    API's kind argument (control "edges", prediction "segmentation" / "edges", subject "subject");
+    variant: a label to break scores down by (phrasing style, question type, edit kind);
+    width x height: the canvas the output image is drawn on (one panel for dual-panel tasks).
+    Expected: `scene` (the scene the output should show, or the one the input shows), `spec`
+    (text-to-image, caption and rewrite), `edit` (edits), `answer` (text tasks: the canonical answer).
+    """
+
+    task: str
+    index: int
+    text: str
+    width: int
+    height: int
+    image: Image.Image | None = None
+    kind: str | None = None
+    variant: str = ""
+    scene: Scene | None = None
+    spec: Spec | None = None
+    edit: Edit | None = None
+    answer: str | None = None
+
+    @property
+    def dual_panel(self) -> bool:
+        """Whether the model draws the output as the lower half of a dual panel."""
+        return TASKS[self.task].dual_panel
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: whether its output is an image drawn as a lower panel, and its two samplers."""
+
+    name: str
+    dual_panel: bool
+    sample_record: Callable[[np.random.Generator], TrainingRecord]
+    sample_item: Callable[[np.random.Generator, int], EvalItem]  # (rng, position in the eval set)
+
+
+def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _check_task(task: str) -> Task:
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; accepted: {', '.join(TASK_NAMES)}")
+    return TASKS[task]
+
+
+def task_rng(task: str, seed: int, index: int, stream: int) -> np.random.Generator:
+    """The generator of record or item `index` of `task` in `stream` (TRAIN_STREAM or EVAL_STREAM)."""
+    if seed < 0 or index < 0:
+        raise DataError(f"seed and index must be non-negative, got {seed} and {index}")
+    return np.random.default_rng([seed, stream, zlib.crc32(task.encode()), index])
+
+
+def training_record(task: str, seed: int, index: int) -> TrainingRecord:
+    """Training record `index` of `task` for `seed` (deterministic; independent of other records)."""
+    return _check_task(task).sample_record(task_rng(task, seed, index, TRAIN_STREAM))
+
+
+def eval_item(task: str, seed: int, index: int) -> EvalItem:
+    """Evaluation item `index` of `task` for `seed`, from a stream disjoint from training."""
+    return _check_task(task).sample_item(task_rng(task, seed, index, EVAL_STREAM), index)
+
+
+def eval_items(task: str, count: int, seed: int = 0) -> list[EvalItem]:
+    """The first `count` evaluation items of `task` for `seed`."""
+    if count < 0:
+        raise DataError(f"item count must be non-negative, got {count}")
+    return [eval_item(task, seed, index) for index in range(count)]
+
+
+def _understanding_turns(question: str, answer: str) -> tuple[str, str]:
+    return f"{question} {IMAGE_PLACEHOLDER}", answer
+
+
+def _dual_panel_turns(prompt: str) -> tuple[str, str]:
+    return prompt, IMAGE_PLACEHOLDER
+
+
+# --- text to image and rewriting -------------------------------------------------------------------
+
+
+def _training_prompt(rng: np.random.Generator) -> tuple[Spec, str]:
+    """A spec of a random category and a training phrasing of it that is no ShapesEval prompt."""
+    for _ in range(SAMPLE_ATTEMPTS):
+        spec = sample_spec(rng, _pick(rng, CATEGORIES))
+        text = phrase(spec, rng)
+        if not is_held_out(text):
+            return spec, text
+    raise DataError("no training prompt found outside the ShapesEval prompts")
+
+
+def _text_to_image_record(rng: np.random.Generator) -> TrainingRecord:
+    spec, text = _training_prompt(rng)
+    width, height = CANVAS_SIZES[int(rng.integers(len(CANVAS_SIZES)))]
+    image = render(scene_from_spec(rng, spec, width, height))
+    return TrainingRecord("text_to_image", (text_to_image_prompt(text, width, height), IMAGE_PLACEHOLDER), (image,))
+
+
+def _heldout_request(rng: np.random.Generator, position: int) -> tuple[Spec, str, str]:
+    """(spec, style, text): categories and held-out styles taken in turn along the eval set."""
+    spec = sample_spec(rng, CATEGORIES[position % len(CATEGORIES)])
+    style, text = heldout_phrase_cycling(spec, position // len(CATEGORIES), rng)
+    return spec, style, text
+
+
+def _text_to_image_item(rng: np.random.Generator, position: int) -> EvalItem:
+    spec, style, text = _heldout_request(rng, position)
+    width, height = CANVAS_SIZES[(position // len(CATEGORIES)) % len(CANVAS_SIZES)]
+    return EvalItem("text_to_image", position, text, width, height, variant=style, spec=spec)
+
+
+def _rewrite_record(rng: np.random.Generator) -> TrainingRecord:
+    spec, text = _training_prompt(rng)
+    return TrainingRecord("rewrite", (REWRITE_INSTRUCTION.format(request=text), canonical_caption(spec)))
+
+
+def _rewrite_item(rng: np.random.Generator, position: int) -> EvalItem:
+    spec, style, text = _heldout_request(rng, position)
+    return EvalItem(
+        "rewrite", position, text, *PANEL, variant=style, spec=spec, answer=canonical_caption(spec)
+    )
+
+
+# --- image to image ------------------------------------------------------------------------------
+
+
+def _edit_sampler(kind: str) -> tuple[Callable, Callable]:
+    task = f"edit_{kind}"
+
+    def record(rng: np.random.Generator) -> TrainingRecord:
+        edit = sample_edit(rng, kind, *PANEL)
+        prompt = image_to_image_prompt(edit_instruction(edit, rng), *DUAL_PANEL, EDIT_CONDITION)
+        image = stack_panels(render(edit.before), render(edit.after))
+        return TrainingRecord(task, _dual_panel_turns(prompt), (image,))
+
+    def item(rng: np.random.Generator, position: int) -> EvalItem:
+        edit = sample_edit(rng, kind, *PANEL)
+        return EvalItem(
+            task, position, edit_instruction(edit, rng), *PANEL, image=render(edit.before), variant=kind,
+            scene=edit.after, edit=edit,
+        )  # fmt: skip
+
+    return record, item
+
+
+def _control_scene(rng: np.random.Generator) -> Scene:
+    """One to three objects of different shapes, so that a caption binds each color to one outline."""
+    count = int(rng.integers(1, len(SHAPES) + 1))
+    shapes = [str(s) for s in rng.choice(SHAPES, size=count, replace=False)]
+    return place_objects(rng, [(shape, _pick(rng, list(COLORS))) for shape in shapes], *PANEL)
+
+
+def _control_record(rng: np.random.Generator) -> TrainingRecord:
+    scene = _control_scene(rng)
+    order = rng.permutation(len(scene.objects))  # the caption's order carries no position
+    caption = apply_case(rng, describe_objects(tuple(scene.objects[int(i)] for i in order)))
+    prompt = image_to_image_prompt(caption, *DUAL_PANEL, EDGE_MAP)
+    return TrainingRecord("control_edges", _dual_panel_turns(prompt), (stack_panels(edge_map(scene), render(scene)),))
+
+
+def _control_item(rng: np.random.Generator, position: int) -> EvalItem:
+    scene = _control_scene(rng)
+    caption = describe_objects(scene.objects)
+    return EvalItem("control_edges", position, caption, *PANEL, image=edge_map(scene), kind="edges", scene=scene)
+
+
+def _subject_text(rng: np.random.Generator, new_scene: Scene) -> tuple[str, str]:
+    """(condition, prompt): the subject's description and what the new scene should hold."""
+    subject = new_scene.objects[0]
+    name = noun_phrase(ObjectGroup(subject.shape, subject.color), with_count=False)
+    prompt = _pick(rng, PHRASINGS["same_object"]).format(name=name, objects=describe_objects(new_scene.objects[1:]))
+    return name, prompt
+
+
+def _subject_record(rng: np.random.Generator) -> TrainingRecord:
+    reference, new_scene = subject_scenes(rng, *PANEL)
+    condition, prompt = _subject_text(rng, new_scene)
+    text = image_to_image_prompt(apply_case(rng, prompt), *DUAL_PANEL, condition)
+    return TrainingRecord("subject", _dual_panel_turns(text), (stack_panels(render(reference), render(new_scene)),))
+
+
+def _subject_item(rng: np.random.Generator, position: int) -> EvalItem:
+    reference, new_scene = subject_scenes(rng, *PANEL)
+    _, prompt = _subject_text(rng, new_scene)
+    return EvalItem("subject", position, prompt, *PANEL, image=render(reference), kind="subject", scene=new_scene)
+
+
+def map_prompt(task: str) -> str:
+    """The dual-panel prompt of a prediction task ("segmentation" or "edges") on a 64x128 panel."""
+    if task == "segmentation":
+        width, height = DUAL_PANEL
+        return SEGMENTATION_PROMPT.format(width=width, height=height, prompt=PREDICTION_TEXT[task])
+    if task == "edges":
+        return image_map_pair_prompt(PREDICTION_TEXT[task], *DUAL_PANEL, EDGE_MAP)
+    raise DataError(f"unknown prediction task {task!r}; accepted: {', '.join(PREDICTION_TEXT)}")
+
+
+def _prediction_sampler(task: str) -> tuple[Callable, Callable]:
+    draw_map = segmentation_map if task == "segmentation" else edge_map
+
+    def scene_of(rng: np.random.Generator) -> Scene:
+        count = int(rng.integers(1, 5))
+        items = [(_pick(rng, SHAPES), _pick(rng, list(COLORS))) for _ in range(count)]
+        return place_objects(rng, items, *PANEL)
+
+    def record(rng: np.random.Generator) -> TrainingRecord:
+        scene = scene_of(rng)
+        return TrainingRecord(task, _dual_panel_turns(map_prompt(task)), (stack_panels(render(scene), draw_map(scene)),))
+
+    def item(rng: np.random.Generator, position: int) -> EvalItem:
+        scene = scene_of(rng)
+        return EvalItem(task, position, PREDICTION_TEXT[task], *PANEL, image=render(scene), kind=task, scene=scene)
+
+    return record, item
+
+
+# --- understanding -------------------------------------------------------------------------------
+
+
+def scene_detections(scene: Scene) -> list[DetectedObject]:
+    """The scene's objects as the analyzer would report them on an exact render."""
+    detections = []
+    for obj in scene.objects:
+        left, top, right, bottom = obj.box
+        box = (round(left), round(top), round(right), round(bottom))
+        detections.append(DetectedObject(obj.shape, obj.color, obj.center, obj.size * obj.size, box))
+    return sorted(detections, key=lambda d: -d.area)
+
+
+def shows(scene: Scene, spec: Spec) -> bool:
+    """Whether the scene satisfies `spec` by the analyzer's rules (the truth of a yes/no question)."""
+    return score_detections(scene_detections(scene), spec)
+
+
+def caption_spec(rng: np.random.Generator) -> Spec:
+    """A spec that names everything in its scene: one object, a counted group of one color, or two
+    objects in a relation, read left to right or top to bottom ('left of' or 'above')."""
+    category = _pick(rng, ("colors", "counting", "position"))
+    spec = sample_spec(rng, category)
+    taken = {g.color for g in spec.groups if g.color}
+    groups = []
+    for group in spec.groups:
+        color = group.color or _pick(rng, [c for c in COLORS if c not in taken])
+        taken.add(color)
+        groups.append(replace(group, color=color))
+    relation = spec.relation
+    if relation is not None and relation.name in ("right of", "below"):
+        relation = Relation(relation.reference, INVERSE_RELATIONS[relation.name], relation.subject)
+    return Spec(category, tuple(groups), relation)
+
+
+def _caption_record(rng: np.random.Generator) -> TrainingRecord:
+    spec = caption_spec(rng)
+    image = render(scene_from_spec(rng, spec, *PANEL))
+    question = apply_case(rng, _pick(rng, CAPTION_QUESTIONS))
+    return TrainingRecord("caption", _understanding_turns(question, canonical_caption(spec)), (image,))
+
+
+def _caption_item(rng: np.random.Generator, position: int) -> EvalItem:
+    spec = caption_spec(rng)
+    scene = scene_from_spec(rng, spec, *PANEL)
+    question = CAPTION_QUESTIONS[position % len(CAPTION_QUESTIONS)]
+    return EvalItem(
+        "caption", position, question, *PANEL, image=render(scene), variant=spec.category, scene=scene, spec=spec,
+        answer=canonical_caption(spec),
+    )  # fmt: skip
+
+
+def _plural(shape: str, color: str | None = None) -> str:
+    return noun_phrase(ObjectGroup(shape, color, 2, exact=True), with_count=False)
+
+
+def _count_question(rng: np.random.Generator, colored: bool) -> tuple[Scene, dict[str, str], str]:
+    """A scene of one to four objects, mostly of one shape, and how many of a shape (and color) it holds."""
+    shape = _pick(rng, SHAPES)
+    palette = [str(c) for c in rng.choice(list(COLORS), size=2, replace=False)]
+    count = int(rng.integers(1, 5))
+    items = [
+        (shape if rng.random() < 0.7 else _pick(rng, SHAPES), _pick(rng, palette)) for _ in range(count)
+    ]
+    color = _pick(rng, palette) if colored else None
+    if colored and rng.random() < 0.15:  # a color not in the picture: the answer is 0
+        color = _pick(rng, [c for c in COLORS if c not in palette])
+    scene = place_objects(rng, items, *PANEL)
+    answer = sum(1 for o in scene.objects if o.shape == shape and (color is None or o.color == color))
+    return scene, {"plural": _plural(shape, color)}, str(answer)
+
+
+def _color_question(rng: np.random.Generator) -> tuple[Scene, dict[str, str], str]:
+    count = int(rng.integers(1, len(SHAPES) + 1))
+    shapes = [str(s) for s in rng.choice(SHAPES, size=count, replace=False)]
+    scene = place_objects(rng, [(s, _pick(rng, list(COLORS))) for s in shapes], *PANEL)
+    asked = scene.objects[int(rng.integers(count))]
+    return scene, {"name": asked.shape}, asked.color
+
+
+def _where_question(rng: np.random.Generator) -> tuple[Scene, dict[str, str], str]:
+    pairs = [(shape, color) for shape in SHAPES for color in COLORS]
+    first, second = (pairs[int(i)] for i in rng.choice(len(pairs), size=2, replace=False))
+    name = _pick(rng, list(INVERSE_RELATIONS))
+    scene = place_objects(rng, [first, second], *PANEL, relation=(0, name, 1))
+    words = {"subject": f"{first[1]} {first[0]}", "reference": f"{second[1]} {second[0]}"}
+    return scene, words, name
+
+
+def _near_miss(rng: np.random.Generator, spec: Spec, scene: Scene) -> tuple[Spec, str] | None:
+    """A spec like `spec` that the scene does not show, changed in one way (None if the way drawn
+    does not apply or happens to stay true)."""
+    kind = _pick(rng, NEAR_MISSES)
+    groups = list(spec.groups)
+    at = int(rng.integers(len(groups)))
+    group = groups[at]
+    if kind == "wrong_color":
+        groups[at] = replace(group, color=_pick(rng, [c for c in COLORS if c != group.color]))
+    elif kind == "wrong_shape":
+        groups[at] = replace(group, shape=_pick(rng, [s for s in SHAPES if s != group.shape]))
+    elif kind == "wrong_count":
+        if spec.category != "counting" and len(groups) > 1:
+            return None
+        options = [n for n in (2, 3, 4) if n != group.count]
+        groups[at] = replace(group, count=options[int(rng.integers(len(options)))], exact=True)
+    else:
+        if spec.relation is None:
+            return None
+        relation = replace(spec.relation, name=INVERSE_RELATIONS[spec.relation.name])
+        changed = Spec(spec.category, spec.groups, relation)
+        return (changed, kind) if not shows(scene, changed) else None
+    category = "counting" if any(g.count > 1 for g in groups) and len(groups) == 1 else spec.category
+    try:
+        changed = Spec(category, tuple(groups), spec.relation)
+        canonical_caption(changed)
+    except DataError:
+        return None
+    return (changed, kind) if not shows(scene, changed) else None
+
+
+def _yes_no_question(rng: np.random.Generator) -> tuple[Scene, dict[str, str], str, str]:
+    """(scene, words, answer, variant): "yes" and "no" equally often; a "no" is a near miss."""
+    spec = sample_spec(rng, _pick(rng, CATEGORIES))
+    scene = scene_from_spec(rng, spec, *PANEL)
+    if rng.random() < 0.5:
+        return scene, {"caption": canonical_caption(spec)}, "yes", "yes"
+    for _ in range(SAMPLE_ATTEMPTS):
+        miss = _near_miss(rng, spec, scene)
+        if miss is not None:
+            changed, kind = miss
+            return scene, {"caption": canonical_caption(changed)}, "no", kind
+    raise DataError(f"no near-miss caption found for {spec}")
+
+
+def _vqa_question(rng: np.random.Generator, templates: Callable[[str], str]) -> tuple[Scene, str, str, str]:
+    """(scene, question, answer, kind); `templates(kind)` picks the question's wording."""
+    kind = _pick(rng, VQA_KINDS)
+    variant = kind
+    if kind in ("how_many", "how_many_colored"):
+        scene, words, answer = _count_question(rng, colored=kind == "how_many_colored")
+        template = templates("how_many")
+    elif kind == "what_color":
+        scene, words, answer = _color_question(rng)
+        template = templates(kind)
+    elif kind == "where":
+        scene, words, answer = _where_question(rng)
+        template = templates(kind)
+    else:
+        scene, words, answer, miss = _yes_no_question(rng)
+        variant = f"yes_no:{miss}"
+        template = templates(kind)
+    return scene, template.format(**words), answer, variant
+
+
+def _vqa_record(rng: np.random.Generator) -> TrainingRecord:
+    scene, question, answer, _ = _vqa_question(rng, lambda kind: _pick(rng, VQA_TEMPLATES[kind]))
+    return TrainingRecord("vqa", _understanding_turns(apply_case(rng, question), answer), (render(scene),))
+
+
+def _vqa_item(rng: np.random.Generator, position: int) -> EvalItem:
+    scene, question, answer, variant = _vqa_question(rng, lambda kind: VQA_TEMPLATES[kind][0])
+    return EvalItem("vqa", position, question, *PANEL, image=render(scene), variant=variant, scene=scene, answer=answer)
+
+
+def _registry() -> dict[str, Task]:
+    samplers: dict[str, tuple[Callable, Callable]] = {
+        "text_to_image": (_text_to_image_record, _text_to_image_item),
+        **{f"edit_{kind}": _edit_sampler(kind) for kind in ("recolor", "move", "add", "remove")},
+        "control_edges": (_control_record, _control_item),
+        "subject": (_subject_record, _subject_item),
+        "segmentation": _prediction_sampler("segmentation"),
+        "edges": _prediction_sampler("edges"),
+        "caption": (_caption_record, _caption_item),
+        "vqa": (_vqa_record, _vqa_item),
+        "rewrite": (_rewrite_record, _rewrite_item),
+    }
+    dual = {"edit_recolor", "edit_move", "edit_add", "edit_remove", "control_edges", "subject", "segmentation", "edges"}
+    return {name: Task(name, name in dual, *samplers[name]) for name in TASK_NAMES}
+
+
+TASKS: dict[str, Task] = _registry()
