@@ -1,0 +1,76 @@
+"""Write the multi-task shapes world's training records to disk as a data set `lumina pretokenize`
+reads: PNGs under images/<task>/ and one JSONL of conversation records
+(`{"conversations": [...], "image": [paths], "task": name}`; rewriting's records hold no image).
+
+Records of different tasks are interleaved evenly (each task's records spread over the whole file),
+so any prefix of the file holds every task in its share.
+
+Pretokenizing: the images keep their sizes only where they are resolution buckets of the target
+size. 64x64, 80x48 and 48x80 are buckets of 64; the 64x128 dual panels are buckets of 96 but not of
+64 (where they would be squeezed to 48x80), so pretokenize the single-canvas tasks at --target-size 64
+and the dual-panel ones at --target-size 96: write each group into its own folder, with counts of its
+tasks only (`tasks.TASKS[name].dual_panel` tells them apart).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from lumina_mgpt.atomic import write_atomically, write_text_atomically
+from lumina_mgpt.errors import DataError
+from lumina_mgpt.shapes.tasks import TASK_NAMES, training_record
+
+RECORDS_FILE = "records.jsonl"
+
+
+def _check_counts(counts: Mapping[str, int]) -> None:
+    for task, count in counts.items():
+        if task not in TASK_NAMES:
+            raise DataError(f"unknown task {task!r} in the record counts; accepted: {', '.join(TASK_NAMES)}")
+        if not isinstance(count, int) or count < 0:
+            raise DataError(f"record count of {task} is {count!r}; accepted: a whole number of at least 0")
+
+
+def interleaved_order(counts: Mapping[str, int]) -> list[tuple[str, int]]:
+    """(task, index) of every record, each task's records spread evenly over the sequence."""
+    slots = [
+        ((index + 0.5) / count, TASK_NAMES.index(task), index, task)
+        for task, count in counts.items()
+        for index in range(count)
+    ]
+    return [(task, index) for _, _, index, task in sorted(slots)]
+
+
+def write_task_dataset(
+    folder: str | os.PathLike, counts: Mapping[str, int], seed: int, progress: bool = True
+) -> Path:
+    """Write `counts[task]` training records of each task into folder/images and folder/records.jsonl.
+
+    Deterministic for (counts, seed): record i of a task is the same whatever the other counts.
+    Resumable: images already on disk are kept, and the records file is written last, atomically,
+    so a finished data set is never half written. Returns the records file.
+    """
+    _check_counts(counts)
+    folder = Path(folder)
+    order = interleaved_order(counts)
+    lines = []
+    for task, index in tqdm(order, disable=not progress, desc="writing task records", unit="record"):
+        record = training_record(task, seed, index)
+        names = []
+        for number, image in enumerate(record.images):
+            name = f"images/{task}/{index:07d}-{number}.png"
+            if not (folder / name).is_file():
+                write_atomically(folder / name, lambda temp, image=image: image.save(temp, format="PNG"))
+            names.append(name)
+        roles = ("human", "gpt")
+        line = {"conversations": [{"from": roles[i % 2], "value": turn} for i, turn in enumerate(record.turns)]}
+        if names:
+            line["image"] = names
+        line["task"] = task
+        lines.append(json.dumps(line) + "\n")
+    return write_text_atomically(folder / RECORDS_FILE, "".join(lines))
