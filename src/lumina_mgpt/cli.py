@@ -19,6 +19,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "generate": ("lumina_mgpt.generation.cli", "generate images from text prompts"),
     "pretokenize": ("lumina_mgpt.data.pretokenize_cli", "turn a data set into token shards for training"),
     "train": ("lumina_mgpt.training.cli", "train or fine-tune a model from a TOML recipe"),
+    "serve": ("lumina_mgpt.serve.cli", "serve an OpenAI-compatible image API with request batching and a web UI"),
 }
 
 
