@@ -1,0 +1,186 @@
+"""The multi-task shapes world: training records, evaluation items and the data set writer."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from lumina_mgpt.data import RecordIndex
+from lumina_mgpt.errors import DataError
+from lumina_mgpt.formats import IMAGE_PLACEHOLDER, bucket_sizes, closest_bucket
+from lumina_mgpt.shapes.analyze import detect, relations_between, score
+from lumina_mgpt.shapes.captions import parse_caption
+from lumina_mgpt.shapes.heldout_phrasing import HELDOUT_STYLES
+from lumina_mgpt.shapes.prompts import is_held_out
+from lumina_mgpt.shapes.task_dataset import RECORDS_FILE, interleaved_order, write_task_dataset
+from lumina_mgpt.shapes.tasks import (
+    DUAL_PANEL,
+    PANEL,
+    REWRITE_INSTRUCTION,
+    TASK_NAMES,
+    TASKS,
+    eval_item,
+    eval_items,
+    training_record,
+)
+from lumina_mgpt.shapes.world import CANVAS_SIZES, render
+
+UNDERSTANDING = ("caption", "vqa")
+
+
+def _image_bytes(record):
+    return [image.tobytes() for image in record.images]
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_training_records_are_deterministic_conversations_of_the_right_images(task):
+    for index in range(6):
+        record = training_record(task, 3, index)
+        again = training_record(task, 3, index)
+        assert record.turns == again.turns and _image_bytes(record) == _image_bytes(again)
+        assert record.task == task and len(record.turns) == 2 and all(t.strip() for t in record.turns)
+        assert sum(turn.count(IMAGE_PLACEHOLDER) for turn in record.turns) == len(record.images)
+        sizes = {image.size for image in record.images}
+        if TASKS[task].dual_panel:
+            assert sizes == {DUAL_PANEL} and record.turns[1] == IMAGE_PLACEHOLDER
+            assert record.turns[0].startswith(f"Generate a dual-panel image of {DUAL_PANEL[0]}x{DUAL_PANEL[1]} ")
+        elif task == "text_to_image":
+            width, height = record.images[0].size
+            assert (width, height) in CANVAS_SIZES
+            assert record.turns[0].startswith(f"Generate an image of {width}x{height} according")
+        elif task in UNDERSTANDING:
+            assert sizes == {PANEL} and record.turns[0].endswith(IMAGE_PLACEHOLDER)
+        else:
+            assert not record.images and record.turns[0].startswith(REWRITE_INSTRUCTION.split("{")[0])
+    first, second = training_record(task, 3, 0), training_record(task, 3, 1)
+    assert (first.turns, _image_bytes(first)) != (second.turns, _image_bytes(second))
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_every_image_is_a_resolution_bucket_of_its_pretokenize_target(task):
+    # Single canvases keep their size at target 64 and dual panels at 96, at the shapes model's 16 px step.
+    target = 96 if TASKS[task].dual_panel else 64
+    for index in range(4):
+        for image in training_record(task, 0, index).images:
+            assert closest_bucket(*image.size, bucket_sizes(target, step=16)) == image.size
+
+
+def test_text_to_image_prompts_are_never_shapeseval_prompts_and_rewrites_answer_canonical_captions():
+    prefix = "according to the following prompt:\n"
+    for index in range(300):
+        prompt = training_record("text_to_image", 1, index).turns[0].split(prefix, 1)[1]
+        assert not is_held_out(prompt)
+    for index in range(100):
+        request, answer = training_record("rewrite", 1, index).turns
+        assert parse_caption(answer) is not None and request.startswith("rewrite as a shapes caption: ")
+
+
+def test_caption_answers_describe_everything_in_their_image():
+    for index in range(40):
+        record = training_record("caption", 2, index)
+        spec = parse_caption(record.turns[1])
+        image = record.images[0]
+        assert score(image, spec)
+        assert len(detect(image)) == sum(group.count for group in spec.groups)
+        assert spec.relation is None or spec.relation.name in ("left of", "above")
+
+
+def test_vqa_answers_agree_with_the_analyzer_on_the_rendered_image():
+    items = eval_items("vqa", 400, seed=4)
+    yes_no = Counter()
+    for item in items:
+        detections = detect(item.image)
+        question, answer = item.text, item.answer
+        if question.startswith("how many"):
+            plural = question.removeprefix("how many ").removesuffix(" are there?").split()
+            shape = plural[-1].removesuffix("s")
+            color = plural[0] if len(plural) == 2 else None
+            assert answer == str(sum(d.shape == shape and (color is None or d.color == color) for d in detections))
+        elif question.startswith("what color"):
+            shape = question.removeprefix("what color is the ").removesuffix("?")
+            (found,) = [d for d in detections if d.shape == shape]
+            assert answer == found.color
+        elif question.startswith("where"):
+            subject_name, reference_name = question.removeprefix("where is the ").removesuffix("?").split(" relative to the ")
+            by_name = {f"{d.color} {d.shape}": d for d in detections}
+            assert relations_between(by_name[subject_name], by_name[reference_name]) == {answer}
+        else:
+            caption = question.removeprefix("does this image show: ").removesuffix("?")
+            assert answer == ("yes" if score(item.image, parse_caption(caption)) else "no")
+            yes_no[item.variant] += 1
+    assert {item.variant.split(":")[0] for item in items} == {"how_many", "how_many_colored", "what_color", "where", "yes_no"}
+    yes = yes_no["yes_no:yes"]
+    assert 0.35 < yes / sum(yes_no.values()) < 0.65
+    assert {"yes_no:wrong_color", "yes_no:wrong_count", "yes_no:swapped_relation", "yes_no:wrong_shape"} <= set(yes_no)
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_eval_items_are_deterministic_and_carry_what_their_scorer_needs(task):
+    items = eval_items(task, 8, seed=5)
+    again = eval_items(task, 8, seed=5)
+    assert [i.text for i in items] == [i.text for i in again] and [i.index for i in items] == list(range(8))
+    other = eval_items(task, 8, seed=6)
+    assert [(i.text, i.image and i.image.tobytes()) for i in other] != [(i.text, i.image and i.image.tobytes()) for i in items]
+    for item in items:
+        assert item.task == task and item.text
+        if TASKS[task].dual_panel:
+            assert item.image.size == (item.width, item.height) == PANEL and item.scene is not None
+        if task.startswith("edit_"):
+            assert item.edit.kind == task.removeprefix("edit_") and item.scene == item.edit.after
+            assert render(item.edit.before).tobytes() == item.image.tobytes()
+        if task in ("text_to_image", "rewrite", "caption"):
+            assert item.spec is not None
+        if task in ("caption", "vqa", "rewrite"):
+            assert item.answer
+
+
+def test_eval_streams_are_disjoint_from_training():
+    # An input of two objects or more (the upper panel of a dual-panel record) is never a training input;
+    # one object alone has only some thousands of places, sizes and colors, which training covers.
+    for task in ("edit_add", "caption", "control_edges", "vqa"):
+        training = {training_record(task, 0, i).images[0].crop((0, 0, *PANEL)).tobytes() for i in range(300)}
+        items = [eval_item(task, 0, index) for index in range(60)]
+        several = [item for item in items if len(detect(item.image)) >= 2]
+        assert len(several) > 10 and not any(item.image.tobytes() in training for item in several)
+    for task in ("text_to_image", "rewrite"):
+        items = eval_items(task, len(HELDOUT_STYLES) * 6 * 2, seed=0)
+        assert {item.variant for item in items} == set(HELDOUT_STYLES)
+
+
+def test_unknown_tasks_and_bad_counts_are_refused(tmp_path):
+    with pytest.raises(DataError, match="accepted: text_to_image"):
+        eval_items("colorize", 3)
+    with pytest.raises(DataError, match="accepted"):
+        write_task_dataset(tmp_path, {"caption": -1}, seed=0, progress=False)
+    with pytest.raises(DataError, match="accepted"):
+        write_task_dataset(tmp_path, {"depth": 2}, seed=0, progress=False)
+
+
+def test_records_of_different_tasks_are_interleaved_evenly():
+    order = interleaved_order({"caption": 4, "vqa": 8, "rewrite": 2})
+    assert len(order) == 14 and Counter(task for task, _ in order) == {"caption": 4, "vqa": 8, "rewrite": 2}
+    assert {task for task, _ in order[:5]} == {"caption", "vqa", "rewrite"}
+    assert [index for task, index in order if task == "vqa"] == list(range(8))
+
+
+def test_written_task_dataset_is_deterministic_resumable_and_readable(tmp_path):
+    counts = {"text_to_image": 3, "edit_add": 2, "vqa": 2, "rewrite": 2}
+    first = write_task_dataset(tmp_path / "a", counts, seed=7, progress=False)
+    victim = tmp_path / "a" / "images" / "edit_add" / "0000001-0.png"
+    victim.unlink()  # as if killed before this image was saved
+    (tmp_path / "a" / RECORDS_FILE).unlink()
+    again = write_task_dataset(tmp_path / "a", counts, seed=7, progress=False)
+    other = write_task_dataset(tmp_path / "b", counts, seed=7, progress=False)
+    assert first.read_text() == again.read_text() == other.read_text()
+    assert victim.read_bytes() == (tmp_path / "b" / "images" / "edit_add" / "0000001-0.png").read_bytes()
+    records = [json.loads(line) for line in first.read_text().splitlines()]
+    assert Counter(r["task"] for r in records) == counts
+    assert all("image" not in r for r in records if r["task"] == "rewrite")
+    index = RecordIndex([first])
+    parsed = list(index.read(0, index.total))
+    assert index.total == 9 and all(type(r).__name__ == "Record" for r in parsed)
+    assert [len(r.images) for r in parsed] == [len(record.get("image", [])) for record in records]
+    assert all(Path(path).is_file() for r in parsed for path in r.images)
