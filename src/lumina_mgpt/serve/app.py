@@ -314,9 +314,9 @@ def create_app(
     if ui:
         import gradio
 
-        from lumina_mgpt.serve.ui import build_ui
+        from lumina_mgpt.serve.ui import UI_CSS, build_ui
 
-        app = gradio.mount_gradio_app(app, build_ui(pipe, scheduler, timeout_s), path="/ui")
+        app = gradio.mount_gradio_app(app, build_ui(pipe, scheduler, timeout_s), path="/ui", css=UI_CSS)
     return app
 
 

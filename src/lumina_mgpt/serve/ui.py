@@ -17,6 +17,11 @@ from lumina_mgpt.serve.parsing import ApiError, image_request
 from lumina_mgpt.serve.scheduler import BatchScheduler, PartialImage, png_bytes
 
 MAX_UI_IMAGES = 8
+# Small pictures stay crisp when scaled up, in tiles of at most 256 px however few there are.
+UI_CSS = (
+    "#gallery img { image-rendering: pixelated; } "
+    "#gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(128px, 256px)) !important; }"
+)
 
 
 def build_ui(pipe, scheduler: BatchScheduler, timeout_s: float) -> gr.Blocks:
@@ -92,7 +97,9 @@ def build_ui(pipe, scheduler: BatchScheduler, timeout_s: float) -> gr.Blocks:
                 sjd = gr.Checkbox(value=False, label="Speculative Jacobi decoding")
             button = gr.Button("Generate", variant="primary", elem_id="generate")
             status = gr.Markdown(elem_id="status")
-            gallery = gr.Gallery(label="Images", columns=4, object_fit="contain", elem_id="gallery")
+            gallery = gr.Gallery(
+                label="Images", height=300, object_fit="contain", allow_preview=False, elem_id="gallery"
+            )
             inputs = [prompt, size, n, seed, random_seed, cfg, temperature, top_k, sjd]
             button.click(generate, inputs=inputs, outputs=[gallery, status, seed])
             prompt.submit(generate, inputs=inputs, outputs=[gallery, status, seed])
