@@ -47,7 +47,6 @@ from lumina_mgpt.shapes.dual_panel import (
     stack_panels,
     subject_scenes,
 )
-from lumina_mgpt.shapes.heldout_phrasing import heldout_phrase_cycling
 from lumina_mgpt.shapes.phrasing import apply_case, edit_instruction, phrase
 from lumina_mgpt.shapes.prompts import is_held_out
 from lumina_mgpt.shapes.spec import CATEGORIES, COLORS, SHAPES, ObjectGroup, Relation, Spec
@@ -240,6 +239,9 @@ def _text_to_image_record(rng: np.random.Generator) -> TrainingRecord:
 
 def _heldout_request(rng: np.random.Generator, position: int) -> tuple[Spec, str, str]:
     """(spec, style, text): categories and held-out styles taken in turn along the eval set."""
+    # Imported here: the held-out phrasings are for evaluation only, and training never loads them.
+    from lumina_mgpt.shapes.heldout_phrasing import heldout_phrase_cycling
+
     spec = sample_spec(rng, CATEGORIES[position % len(CATEGORIES)])
     style, text = heldout_phrase_cycling(spec, position // len(CATEGORIES), rng)
     return spec, style, text
