@@ -16,7 +16,8 @@ The two entropy words differ, so the streams are independent whatever the seeds:
 two objects or more equals a training one only by chance in a space of millions. One object alone has
 only some thousands of places, sizes and colors, so a large training set shows most such inputs.
 Evaluation prompts for text-to-image and rewriting use the held-out phrasings (heldout_phrasing.py),
-which training never produces, and training prompts never equal a ShapesEval prompt.
+which training never produces, and training prompts never equal a ShapesEval prompt. Captions and
+rewrites may answer with one: those are text the model writes, not prompts it draws from.
 """
 
 from __future__ import annotations
@@ -119,7 +120,6 @@ VQA_TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 VQA_KINDS = ("how_many", "how_many_colored", "what_color", "where", "yes_no")
-NEAR_MISSES = ("wrong_color", "wrong_count", "swapped_relation", "wrong_shape")
 SAMPLE_ATTEMPTS = 100
 
 
@@ -249,7 +249,7 @@ def _heldout_request(rng: np.random.Generator, position: int) -> tuple[Spec, str
 
 def _text_to_image_item(rng: np.random.Generator, position: int) -> EvalItem:
     spec, style, text = _heldout_request(rng, position)
-    width, height = CANVAS_SIZES[(position // len(CATEGORIES)) % len(CANVAS_SIZES)]
+    width, height = CANVAS_SIZES[int(rng.integers(len(CANVAS_SIZES)))]  # drawn: independent of the style
     return EvalItem("text_to_image", position, text, width, height, variant=style, spec=spec)
 
 
