@@ -116,8 +116,8 @@ def _count_word(rng: np.random.Generator, group: ObjectGroup) -> str:
     return f"exactly {number}" if group.exact and rng.random() < 0.2 else number
 
 
-def noun_phrase(rng: np.random.Generator, group: ObjectGroup, definite: bool = False) -> str:
-    """One way to name `group`: count, noun (a synonym at times) and color, in a random order.
+def varied_noun_phrase(rng: np.random.Generator, group: ObjectGroup, definite: bool = False) -> str:
+    """One way to name `group`: a count word, the noun (a synonym at times), the color before or after it.
     `definite` names it with "the" ("the red circle", "the three squares")."""
     nouns = SHAPE_NOUNS[group.shape]
     singular, plural = nouns[0] if rng.random() < OWN_NOUN_SHARE else nouns[int(rng.integers(1, len(nouns)))]
@@ -136,12 +136,13 @@ def noun_phrase(rng: np.random.Generator, group: ObjectGroup, definite: bool = F
 
 
 def _relation_sentence(rng: np.random.Generator, spec: Spec) -> tuple[str, bool]:
-    """The sentence, and whether it names the reference first (such sentences take no framing)."""
+    """The sentence, and whether it stands alone (names the reference first, or has its own verb),
+    so that it takes no framing such as "please draw"."""
     relation = spec.relation
     if relation is None:
         raise DataError("a position spec needs a relation")
     subject_group, reference_group = spec.groups[relation.subject], spec.groups[relation.reference]
-    subject, reference = noun_phrase(rng, subject_group), noun_phrase(rng, reference_group)
+    subject, reference = varied_noun_phrase(rng, subject_group), varied_noun_phrase(rng, reference_group)
     be = "is" if subject_group.count == 1 else "are"
     style = rng.random()
     if style < 0.3:
@@ -149,7 +150,7 @@ def _relation_sentence(rng: np.random.Generator, spec: Spec) -> tuple[str, bool]
         sentence = _pick(rng, REFERENCE_FIRST_TEMPLATES).format(
             relation=opener,
             reference=reference,
-            the_reference=noun_phrase(rng, reference_group, definite=True),
+            the_reference=varied_noun_phrase(rng, reference_group, definite=True),
             subject=subject,
             be=be,
         )
@@ -169,7 +170,7 @@ def _content(rng: np.random.Generator, spec: Spec) -> tuple[str, bool]:
     """The description, and whether it is a sentence of its own that takes no framing."""
     if spec.relation is not None:
         return _relation_sentence(rng, spec)
-    phrases = [noun_phrase(rng, group) for group in spec.groups]
+    phrases = [varied_noun_phrase(rng, group) for group in spec.groups]
     if len(phrases) == 1:
         return phrases[0], False
     if len(phrases) == 2:
@@ -300,8 +301,8 @@ def edit_instruction(edit: Edit, rng: np.random.Generator) -> str:
     target = edit.target
     group = ObjectGroup(target.shape, target.color)
     words = {
-        "target": noun_phrase(rng, group, definite=True),
-        "object": noun_phrase(rng, group) if edit.kind == "add" else "",
+        "target": varied_noun_phrase(rng, group, definite=True),
+        "object": varied_noun_phrase(rng, group) if edit.kind == "add" else "",
         "color": edit.new_color or "",
         "direction": _pick(rng, DIRECTION_WORDS[edit.direction]) if edit.direction else "",
         "side": SIDE_NAMES[edit.direction] if edit.direction else "",
