@@ -219,9 +219,9 @@ def add_typo(rng: np.random.Generator, text: str) -> str:
     return " ".join(words)
 
 
-def _finish(rng: np.random.Generator, text: str) -> str:
-    """Spacing, case and typos, shared by prompts and instructions."""
-    if rng.random() < TYPO_SHARE:
+def _finish(rng: np.random.Generator, text: str, typos: bool = True) -> str:
+    """Spacing, case and (unless `typos` is False) typos, shared by prompts and instructions."""
+    if typos and rng.random() < TYPO_SHARE:
         text = add_typo(rng, text)
     if rng.random() < 0.05:
         text = text.replace(" ", "  ", 1)
@@ -294,8 +294,9 @@ EDIT_ENDINGS = ("", "", "", ".", "!", " please", ", please")
 EDIT_FRAMES = ("{text}", "{text}", "{text}", "please {text}", "can you {text}", "now {text}")
 
 
-def edit_instruction(edit: Edit, rng: np.random.Generator) -> str:
-    """An instruction that asks for `edit` (dual_panel's own phrasings among the styles)."""
+def edit_instruction(edit: Edit, rng: np.random.Generator, typos: bool = True) -> str:
+    """An instruction that asks for `edit` (dual_panel's own phrasings among the styles); `typos`
+    False keeps every word as written (evaluation measures editing, not spelling)."""
     if rng.random() < CANONICAL_SHARE:
         return apply_case(rng, edit.instruction(rng, PHRASINGS[edit.kind]))
     target = edit.target
@@ -308,4 +309,4 @@ def edit_instruction(edit: Edit, rng: np.random.Generator) -> str:
         "side": SIDE_NAMES[edit.direction] if edit.direction else "",
     }
     text = _pick(rng, EDIT_FRAMES).format(text=_pick(rng, EDIT_TEMPLATES[edit.kind]).format(**words))
-    return _finish(rng, text + _ending(rng, text, EDIT_ENDINGS))
+    return _finish(rng, text + _ending(rng, text, EDIT_ENDINGS), typos)

@@ -280,7 +280,7 @@ def _edit_sampler(kind: str) -> tuple[Callable, Callable]:
     def item(rng: np.random.Generator, position: int) -> EvalItem:
         edit = sample_edit(rng, kind, *PANEL)
         return EvalItem(
-            task, position, edit_instruction(edit, rng), *PANEL, image=render(edit.before), variant=kind,
+            task, position, edit_instruction(edit, rng, typos=False), *PANEL, image=render(edit.before), variant=kind,
             scene=edit.after, edit=edit,
         )  # fmt: skip
 
