@@ -237,10 +237,24 @@ def test_activation_checkpointing_keeps_names_and_gradients():
 def test_bfloat16_model_returns_fp32_logits():
     model = tiny_model().to(torch.bfloat16)
     cache = model.new_cache(1, 8)
-    assert cache.keys[0].dtype == torch.bfloat16
+    assert cache.keys[0].dtype == torch.float32  # CPU attention runs in fp32 (see new_cache)
     with torch.no_grad():
         assert model(torch.zeros(1, 3, dtype=torch.long)).dtype == torch.float32
         assert model.prefill(torch.zeros(1, 3, dtype=torch.long), cache, torch.tensor([3])).dtype == torch.float32
+
+
+def test_a_bfloat16_cache_and_a_float32_cache_decode_alike():
+    model = tiny_model().to(torch.bfloat16)
+    ids = torch.randint(0, 512, (2, 6))
+    logits = []
+    with torch.no_grad():
+        for dtype in (torch.bfloat16, torch.float32):
+            cache = model.new_cache(2, 16, dtype=dtype)
+            assert cache.keys[0].dtype == dtype
+            model.prefill(ids[:, :5], cache, torch.tensor([5, 3]))
+            logits.append(model.decode(ids[:, 5:], cache))
+    # Same keys and values (bf16 values are exact in fp32); only the attention arithmetic differs.
+    torch.testing.assert_close(logits[0], logits[1], atol=0.05, rtol=0.02)
 
 
 @pytest.mark.slow
