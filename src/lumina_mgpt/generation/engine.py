@@ -17,8 +17,8 @@ rows, and `generate_text` finishes an image its prompt ends inside.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from lumina_mgpt.generation.step import (
     make_plan,
     start,
 )
+from lumina_mgpt.model.packing import PackedLinear, can_pack
 
 # Cache lengths are rounded up to this, so that nearby requests share one cache (and one CUDA graph).
 CACHE_LENGTH_STEP = 256
@@ -138,7 +139,10 @@ class Engine:
         forbidden[torch.as_tensor(layout.size_indicator_ids, device=device)] = True
         # <start-of-image> stays allowed in text: it switches the row to image mode.
         self.text_bias = torch.zeros(layout.vocab_size, device=device).masked_fill(forbidden, float("-inf"))
-        self._decode_step = _decode_step_for(device, compile_decode)
+        packed = any(isinstance(module, PackedLinear) for module in model.modules())
+        self._decode_step = _decode_step_for(device, compile_decode, packed)
+        # A compiled step keeps its graph only while the head module stays the same one.
+        self._compiled = self._decode_step is not decode_step
         self.last_stats: DecodeStats | None = None
         self.cache = None
         self._image_head: torch.nn.Module | None = None
@@ -387,9 +391,13 @@ class Engine:
         return cache
 
     def _code_head(self) -> torch.nn.Module:
-        """lm_head restricted to the image-code rows (logits in code order). One module for the engine's
-        life, so that a compiled step keeps its graph; its rows are copied again on every call, so it
-        follows the model's weights."""
+        """lm_head restricted to the image-code rows (logits in code order), taken afresh on every call so
+        that it follows the model's weights. Eager CPU runs pack it (see `model.packing`); a compiled step
+        gets one module for the engine's life, its rows copied in place."""
+        if not self._compiled:
+            head = self.model.sub_head(self.code_ids)
+            weight = head.weight
+            return PackedLinear(head) if weight.device.type == "cpu" and can_pack(weight.dtype) else head
         if self._image_head is None:
             self._image_head = self.model.sub_head(self.code_ids)
         else:
@@ -397,7 +405,7 @@ class Engine:
         return self._image_head
 
 
-def _decode_step_for(device: torch.device, compile_decode: bool | dict | None):
+def _decode_step_for(device: torch.device, compile_decode: bool | dict | None, packed: bool):
     """decode_step, compiled as `Engine`'s compile_decode says."""
     if compile_decode is None:
         compile_decode = device.type == "cuda"
@@ -408,5 +416,10 @@ def _decode_step_for(device: torch.device, compile_decode: bool | dict | None):
         )
     if compile_decode is False:
         return decode_step
+    if packed:
+        raise GenerationError(
+            "this model's linear weights are packed for eager CPU decoding (pack_linear_weights), which "
+            "torch.compile cannot lower; compile an unpacked model, or decode eagerly (compile_decode=False)"
+        )
     options = {"mode": "reduce-overhead"} if compile_decode is True else compile_decode
     return torch.compile(decode_step, **{**options, "fullgraph": True})

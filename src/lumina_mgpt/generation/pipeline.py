@@ -220,14 +220,19 @@ class Pipeline:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         quant: str | None = None,
+        pack_weights: bool | None = None,
     ) -> "Pipeline":
         """Load a project or official folder; with no path, the embedded shapes model.
 
         `quant` quantizes the decoder's linear weights after loading: "int8" (CPU and CUDA) or
-        "int4" (CUDA, bfloat16); see `lumina_mgpt.model.quantize_model`.
+        "int4" (CUDA, bfloat16); see `lumina_mgpt.model.quantize_model`. `pack_weights` (default: on CPU
+        without quant) packs them for fast CPU decoding, leaving a model that cannot be saved or trained
+        (see `lumina_mgpt.model.pack_linear_weights`).
         """
         device, dtype = load_options(device, dtype, quant)
-        return cls.from_model_info(read_model_info(path, image_tokenizer), device=device, dtype=dtype, quant=quant)
+        return cls.from_model_info(
+            read_model_info(path, image_tokenizer), device=device, dtype=dtype, quant=quant, pack_weights=pack_weights
+        )
 
     @classmethod
     def from_model_info(
@@ -236,15 +241,20 @@ class Pipeline:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         quant: str | None = None,
+        pack_weights: bool | None = None,
     ) -> "Pipeline":
         """Load the model of a folder already read by `read_model_info` (the slow part of `from_pretrained`)."""
-        from lumina_mgpt.model import load_model, quantize_model
+        from lumina_mgpt.model import load_model, pack_linear_weights, quantize_model
         from lumina_mgpt.vision import ImageTokenizer
 
         device, dtype = load_options(device, dtype, quant)
         model = load_model(info.folder, device=device, dtype=dtype).eval()
         if quant is not None:
             quantize_model(model, quant)
+        if pack_weights is None:
+            pack_weights = device.type == "cpu" and quant is None
+        if pack_weights:
+            pack_linear_weights(model)
         vision = ImageTokenizer.from_pretrained(info.image_tokenizer_path).to(device)
         if vision.codebook_size != info.layout.codebook_size:
             raise GenerationError(

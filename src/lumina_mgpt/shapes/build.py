@@ -160,7 +160,7 @@ def export(model_folder: Path, destination: Path) -> None:
 
     from lumina_mgpt.generation.pipeline import Pipeline
 
-    pipe = Pipeline.from_pretrained(model_folder, device="cpu")
+    pipe = Pipeline.from_pretrained(model_folder, device="cpu", pack_weights=False)
     pipe.model.to(torch.bfloat16)
     staging = destination.with_name(destination.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
