@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from lumina_mgpt.generation.cli import add_model_arguments
@@ -52,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Before torch starts its thread pool: OpenMP threads that spin while they wait steal the CPU from the
+    # event loop and from each other; on a small shared machine that made requests stall for seconds.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from lumina_mgpt.errors import GenerationError
     from lumina_mgpt.generation.checks import check_integer
     from lumina_mgpt.generation.pipeline import Pipeline, load_options
