@@ -17,10 +17,15 @@ defaults, tasks and text tokenizer, and where its image tokenizer is. A folder i
   vocab_size, the text tokenizer from the folder, and the image tokenizer (`vqgan.ckpt` or
   `movqgan_270M.ckpt`) is given or found in or above the folder.
 
-Tasks: what a model was trained to do, "text-to-image" and/or "chat" (answering text, about images
-too). A project folder lists them in lumina.json's "tasks" (text-to-image alone when the field is
-absent: `lumina train` on text-to-image data teaches nothing else); official v1 folders chat,
-official v2 text-to-image checkpoints do not.
+Tasks: what a model was trained to do (TASKS): "text-to-image", "chat" (answering text, about images
+too), "edit", "control" (a condition map -> an image), "subject" (a reference object in a new scene),
+the image -> map predictions (PREDICTION_TASKS: "segmentation", "edges", "depth", ...), "caption",
+"vqa" (questions about an image) and "rewrite" (a free-form request -> the caption the model draws
+best). A project folder lists them in lumina.json's "tasks" (text-to-image alone when the field is
+absent: `lumina train` on text-to-image data teaches nothing else). Official folders get their
+family's tasks (FAMILY_TASKS): v1 folders chat, v2 text-to-image checkpoints only draw; the Omni
+releases (a folder or hub id named "...-Omni") add the tasks of their prompts in docs/FORMATS.md
+(OMNI_TASKS).
 
 Nothing here imports torch: the CLIs read a folder and check a request before the slow imports.
 """
@@ -31,9 +36,10 @@ import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from lumina_mgpt.atomic import write_text_atomically
 from lumina_mgpt.errors import CheckpointError, GenerationError, LuminaError
@@ -97,10 +103,26 @@ IMAGE_TOKENIZER_FILES = {"lumina-mgpt": "vqgan.ckpt", "lumina-mgpt-2": "movqgan_
 
 TEXT_TO_IMAGE = "text-to-image"
 CHAT = "chat"
-TASKS = (TEXT_TO_IMAGE, CHAT)
+EDIT = "edit"
+CONTROL = "control"
+SUBJECT = "subject"
+CAPTION = "caption"
+VQA = "vqa"
+REWRITE = "rewrite"
+# Image -> map tasks (Pipeline.predict): the project's maps (segmentation, edges) and the official ones.
+PREDICTION_TASKS = ("segmentation", "edges", "depth", "normals", "pose", "canny", "hed")
+TASKS = (TEXT_TO_IMAGE, CHAT, EDIT, CONTROL, SUBJECT, *PREDICTION_TASKS, CAPTION, VQA, REWRITE)
 # v1's releases answer text and describe images; v2's text-to-image checkpoints were not trained on text answers.
 FAMILY_TASKS = {"lumina-mgpt": (TEXT_TO_IMAGE, CHAT), "lumina-mgpt-2": (TEXT_TO_IMAGE,)}
+# The Omni releases (docs/FORMATS.md): v1's task prompts (editing, condition to image, segmentation, depth,
+# surface normals, pose) and v2's dual panels (depth or canny map or subject -> image, image -> four maps).
+OMNI_TASKS = {
+    "lumina-mgpt": (TEXT_TO_IMAGE, CHAT, EDIT, CONTROL, "segmentation", "depth", "normals", "pose"),
+    "lumina-mgpt-2": (TEXT_TO_IMAGE, CONTROL, SUBJECT, "depth", "canny", "hed", "pose"),
+}
 PROJECT_DEFAULT_TASKS = (TEXT_TO_IMAGE,)
+# How a released Omni folder or hub snapshot is named (Lumina-mGPT-7B-768-Omni, Lumina-mGPT-2.0-Omni).
+_OMNI_NAME = re.compile(r"-omni$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -153,6 +175,29 @@ def check_tasks(tasks: object, where: str = "tasks") -> tuple[str, ...]:
     return tuple(tasks)
 
 
+def require_task(tasks: Sequence[str], task: str, *alternatives: str) -> None:
+    """GenerationError unless the model's `tasks` include `task` (or one of `alternatives`, tasks that
+    also do it), naming the tasks the model has; cheap, so the CLIs run it before loading the model."""
+    if task in tasks or any(t in tasks for t in alternatives):
+        return
+    example = "an official Lumina-mGPT v1 folder" if task == CHAT else "a model trained on the shapes task world"
+    raise GenerationError(
+        f"this model was not trained for {task!r} (its tasks: {', '.join(tasks)}); {task!r} needs a model whose "
+        f"lumina.json lists it, such as {example}"
+    )
+
+
+def official_tasks(folder: Path, family: str) -> tuple[str, ...]:
+    """The tasks of an official folder: its family's, or the Omni release's when the folder (or the hub
+    repository a snapshot came from: models--owner--NAME/snapshots/HASH) is named "...-Omni"."""
+    folder = folder.absolute()  # "." names its folder too
+    names = [folder.name]
+    if folder.parent.name == "snapshots":
+        names.append(folder.parent.parent.name)
+    omni = any(_OMNI_NAME.search(name) for name in names)
+    return OMNI_TASKS[family] if omni else FAMILY_TASKS[family]
+
+
 def read_model_info(
     path: str | os.PathLike | None = None,
     image_tokenizer: str | os.PathLike | None = None,
@@ -173,7 +218,7 @@ def read_model_info(
     else:
         family = _official_family(folder)
         layout = get_layout(family, tokenizer=text_tokenizer)
-        defaults, tasks = FAMILY_DEFAULTS[family], FAMILY_TASKS[family]
+        defaults, tasks = FAMILY_DEFAULTS[family], official_tasks(folder, family)
         vision_path = Path(image_tokenizer) if image_tokenizer else None
         if vision_path is None and find_image_tokenizer:
             vision_path = _find_file(folder, IMAGE_TOKENIZER_FILES[family])

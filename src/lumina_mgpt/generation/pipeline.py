@@ -7,6 +7,9 @@
         ...
     output = pipe("a red circle", num_images_per_prompt=4, generator=torch.Generator().manual_seed(7))
     output.images                                  # diffusers-style: output_type "pil", "np" or "codes"
+    pipe.edit(image, "make the red circle blue")   # the other tasks, where the model's lumina.json lists them:
+    pipe.control(edge_map, "edges", "a red circle")    # control, subject, predict, caption, ask, rewrite
+    pipe.generate(["draw me a RED circle please"], rewrite=True)   # the model rewrites the request first
 
 Model folders (project, official, hub ids, the embedded model) are read by `lumina_mgpt.model_folder`.
 
@@ -18,9 +21,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -48,14 +51,29 @@ from lumina_mgpt.generation.checks import (
 )
 from lumina_mgpt.generation.engine import Engine, GenerationSettings, RowCallback
 from lumina_mgpt.generation.sampling import SamplingSettings
+from lumina_mgpt.generation.tasks import (
+    TEXT_TEMPERATURE,
+    TaskRequest,
+    TaskRunner,
+    check_request_batch,
+    input_bucket,
+    task_defaults,
+)
 from lumina_mgpt.model_folder import (
+    CAPTION,
     CHAT,
+    CONTROL,
+    EDIT,
     PROJECT_DEFAULT_TASKS,
+    REWRITE,
+    SUBJECT,
     TEXT_TO_IMAGE,
+    VQA,
     Defaults,
     ModelInfo,
     check_tasks,
     read_model_info,
+    require_task,
     write_project_file,
 )
 
@@ -81,7 +99,8 @@ class PipelineOutput:
 
 @dataclass(frozen=True)
 class GenerationPlan:
-    """A checked text-to-image request: `prompts` and `seeds` hold one entry per image, prompt-major."""
+    """A checked text-to-image request: `prompts` and `seeds` hold one entry per image, prompt-major;
+    `requests`, when the prompts are the model's rewrites (`Pipeline.rewrite_plan`), what was asked."""
 
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -90,6 +109,7 @@ class GenerationPlan:
     settings: GenerationSettings
     batch_size: int
     sjd_window: int | None
+    requests: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -221,7 +241,7 @@ class Pipeline:
         dtype: torch.dtype | None = None,
         quant: str | None = None,
         pack_weights: bool | None = None,
-    ) -> "Pipeline":
+    ) -> Pipeline:
         """Load a project or official folder; with no path, the embedded shapes model.
 
         `quant` quantizes the decoder's linear weights after loading: "int8" (CPU and CUDA) or
@@ -242,7 +262,7 @@ class Pipeline:
         dtype: torch.dtype | None = None,
         quant: str | None = None,
         pack_weights: bool | None = None,
-    ) -> "Pipeline":
+    ) -> Pipeline:
         """Load the model of a folder already read by `read_model_info` (the slow part of `from_pretrained`)."""
         from lumina_mgpt.model import load_model, pack_linear_weights, quantize_model
         from lumina_mgpt.vision import ImageTokenizer
@@ -337,7 +357,7 @@ class Pipeline:
         return self._run_plan(plan, output_type, on_row, progress)
 
     def _run_plan(self, plan, output_type, on_row, progress):
-        for number, (_, prompts, seeds) in enumerate(plan.batches()):
+        for number, (indices, prompts, seeds) in enumerate(plan.batches()):
             row_callback = None if on_row is None else (lambda row, codes, batch=number: on_row(batch, row, codes))
             grids = self.generate_codes(
                 prompts, plan.width, plan.height, plan.settings, seeds, on_row=row_callback, progress=progress,
@@ -350,9 +370,14 @@ class Pipeline:
             if output_type == "np":
                 yield from ((self.image_tokenizer.decode(codes).permute(0, 2, 3, 1) + 1) / 2).cpu().numpy()
                 continue
-            for prompt, image_seed, picture in zip(prompts, seeds, self.image_tokenizer.decode_to_pil(codes)):
+            pictures = self.image_tokenizer.decode_to_pil(codes)
+            for index, prompt, image_seed, picture in zip(indices, prompts, seeds, pictures):
+                # A rewritten prompt keeps the request it came from: both are in the metadata.
+                asked = {"prompt": prompt} if plan.requests is None else {
+                    "prompt": plan.requests[index], "rewritten_prompt": prompt
+                }
                 picture.info["parameters"] = json.dumps(
-                    {"prompt": prompt, "width": plan.width, "height": plan.height, "seed": image_seed,
+                    {**asked, "width": plan.width, "height": plan.height, "seed": image_seed,
                      "cfg": plan.settings.cfg, "cfg_schedule": plan.settings.cfg_schedule,
                      "image_sampling": asdict(plan.settings.image),
                      "sjd_window": plan.sjd_window, "model_layout": self.layout.name}
@@ -375,13 +400,19 @@ class Pipeline:
         on_row: RowCallback | None = None,
         progress: bool = True,
         sjd_window: int | None = None,
+        rewrite: bool = False,
     ) -> Iterator[Image.Image]:
         """`generate`, yielding each image as soon as its batch is decoded (one batch in memory). The
-        arguments are checked when this is called, before the first image is asked for."""
+        arguments are checked when this is called, before the first image is asked for (with `rewrite`,
+        the prompts are rewritten then too)."""
+        if rewrite:
+            require_task(self.tasks, REWRITE)
         plan = self.plan(
             prompts, width=width, height=height, num_images=num_images, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
             temperature=temperature, cfg_schedule=cfg_schedule, batch_size=batch_size, sjd_window=sjd_window,
         )
+        if rewrite:
+            plan = self.rewrite_plan(plan)
         return self.run_plan(plan, on_row=None if on_row is None else (lambda _, row, codes: on_row(row, codes)),
                              progress=progress)
 
@@ -401,6 +432,7 @@ class Pipeline:
         on_row: RowCallback | None = None,
         progress: bool = True,
         sjd_window: int | None = None,
+        rewrite: bool = False,
     ) -> list[Image.Image]:
         """Text to image. Returns num_images images per prompt, prompt-major.
 
@@ -412,13 +444,14 @@ class Pipeline:
         `sjd_window=L` (16 is usual) decodes with speculative Jacobi decoding: the same distribution of
         images in fewer forwards, though not the same image for a seed as plain decoding. Each image
         carries its prompt and settings in `image.info["parameters"]` (JSON), which `save_png` writes
-        into the PNG's text metadata.
+        into the PNG's text metadata. `rewrite=True` (a model trained for "rewrite") has the model rewrite
+        each prompt first (`rewrite_plan`) and draws the rewrite; the metadata keeps both.
         Bad arguments raise GenerationError (FormatError for unrepresentable sizes) before any compute.
         """
         return list(self.iter_generate(
             prompts, width=width, height=height, num_images=num_images, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
             temperature=temperature, cfg_schedule=cfg_schedule, batch_size=batch_size, on_row=on_row, progress=progress,
-            sjd_window=sjd_window,
+            sjd_window=sjd_window, rewrite=rewrite,
         ))
 
     def __call__(
@@ -429,7 +462,7 @@ class Pipeline:
         num_images_per_prompt: int = 1,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         output_type: str = "pil",
-        callback_on_step_end: Callable[["Pipeline", int, dict], object] | None = None,
+        callback_on_step_end: Callable[[Pipeline, int, dict], object] | None = None,
         cfg: float | None = None,
         top_k: int | None = None,
         top_p: float = 1.0,
@@ -498,6 +531,10 @@ class Pipeline:
             [prompt], settings, [seed], max_new_tokens=max_new_tokens,
             image_size=image_size or self.defaults.size, progress=False,
         )
+        return self.read_answer(answer)
+
+    def read_answer(self, answer: np.ndarray) -> ChatReply:
+        """An answer's ids (up to its separator, if any) as text, with the images it wrote decoded."""
         if len(answer) and answer[-1] == self.layout.separator_id:
             answer = answer[:-1]
         text, grids = [], []
@@ -510,20 +547,127 @@ class Pipeline:
         pictures = [self.image_tokenizer.decode_to_pil(torch.as_tensor(g)[None])[0] for g in grids if g.size]
         return ChatReply("".join(text), pictures)
 
+    # ------------------------------------------------------------------ the other tasks
+    def run_image_tasks(
+        self,
+        requests: Sequence[TaskRequest],
+        seed: int | Sequence[int] = 0,
+        width: int | None = None,
+        height: int | None = None,
+        cfg: float | None = None,
+        top_k: int | None = None,
+        top_p: float = 1.0,
+        temperature: float | None = None,
+        cfg_schedule: str | None = None,
+        batch_size: int = 8,
+        progress: bool = False,
+        sjd_window: int | None = None,
+    ) -> list[Image.Image]:
+        """The answer image of each request (edit, control, subject, or a prediction task), in order;
+        requests of one answer size are decoded `batch_size` at a time in one engine call.
+
+        Request i uses seed `seed + i` (or seed[i]). width x height is the answer's size: by default one
+        panel of the family (64x64 for project models, 512x512 for official v2) or, on official v1, the
+        input's resolution bucket. Sampling defaults to the model's (official v1: cfg 1.0, image top-k
+        200, as its Omni code); `sjd_window` decodes speculatively, as in `generate`. Each image carries its task, inputs (text, kind, subject, the input
+        image's size and sha256) and settings in `image.info["parameters"]` (JSON), as `generate`'s do.
+        Refused (GenerationError) before any compute for tasks the model's lumina.json does not list.
+        """
+        runner = TaskRunner(self)
+        requests, seeds, batch_size = check_request_batch(requests, runner.family, self.tasks, seed, batch_size)
+        if any(request.task in (CAPTION, VQA, REWRITE) for request in requests):
+            raise GenerationError("caption, vqa and rewrite answer text: run them with run_text_tasks")
+        settings = make_settings(
+            task_defaults(runner.family, self.defaults), cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
+            cfg_schedule=cfg_schedule,
+        )
+        return runner.run_images(
+            requests, seeds, settings, width, height, batch_size, progress, check_sjd_window(sjd_window)
+        )
+
+    def run_text_tasks(
+        self,
+        requests: Sequence[TaskRequest],
+        seed: int | Sequence[int] = 0,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        max_new_tokens: int = 64,
+        batch_size: int = 8,
+        progress: bool = False,
+    ) -> list[str]:
+        """The text answer of each request (caption, vqa, rewrite), in order, `batch_size` per engine call.
+
+        Answers are read greedily unless `temperature` is given (short exact answers: a caption, a count,
+        a color); top_k defaults to the model's text top-k. Request i uses seed `seed + i` (or seed[i]).
+        Images go in as the model saw them in training (project models: 64x64). caption and vqa also run
+        on chat models; the rest is refused (GenerationError) where the model's lumina.json lacks the task."""
+        runner = TaskRunner(self)
+        requests, seeds, batch_size = check_request_batch(requests, runner.family, self.tasks, seed, batch_size)
+        if any(request.task not in (CAPTION, VQA, REWRITE) for request in requests):
+            raise GenerationError("only caption, vqa and rewrite answer text; run image tasks with run_image_tasks")
+        max_new_tokens = check_integer("max_new_tokens", max_new_tokens, 1, "tokens an answer may have")
+        settings = make_settings(
+            task_defaults(runner.family, self.defaults), temperature=TEXT_TEMPERATURE if temperature is None else
+            temperature, text_top_k=top_k,
+        )
+        return runner.run_texts(requests, seeds, settings, max_new_tokens, batch_size, progress)
+
+    def edit(self, image: Image.Image, instruction: str, seed: int = 0, **sampling) -> Image.Image:
+        """`image` edited as `instruction` says ("make the red circle blue"); `sampling`: the options of
+        `run_image_tasks` (width, height, cfg, top_k, top_p, temperature, cfg_schedule)."""
+        return self.run_image_tasks([TaskRequest(EDIT, instruction, image)], seed=seed, **sampling)[0]
+
+    def control(self, condition_image: Image.Image, kind: str, prompt: str, seed: int = 0, **sampling) -> Image.Image:
+        """An image that follows `condition_image`, a map of `kind` ("edges" for project models; official
+        v2: "depth" or "canny"), and shows `prompt`; `sampling` as in `edit`."""
+        request = TaskRequest(CONTROL, prompt, condition_image, kind=kind)
+        return self.run_image_tasks([request], seed=seed, **sampling)[0]
+
+    def subject(
+        self, reference_image: Image.Image, subject: str, prompt: str, seed: int = 0, **sampling
+    ) -> Image.Image:
+        """The object of `reference_image`, described by `subject` ("red circle"), in the new scene `prompt`
+        ("the same red circle together with a blue square"); `sampling` as in `edit`."""
+        request = TaskRequest(SUBJECT, prompt, reference_image, subject=subject)
+        return self.run_image_tasks([request], seed=seed, **sampling)[0]
+
+    def predict(self, image: Image.Image, task: str, prompt: str = "", seed: int = 0, **sampling) -> Image.Image:
+        """The `task` map of `image`: "segmentation" or "edges" for project models; official v2 "depth",
+        "canny", "hed" or "pose" (`prompt`: the image's caption, which v2's sentence ends with); official v1
+        "segmentation", "depth", "normals" or "pose". `sampling` as in `edit`."""
+        return self.run_image_tasks([TaskRequest(task, prompt, image)], seed=seed, **sampling)[0]
+
+    def caption(self, image: Image.Image, question: str = "", seed: int = 0, **sampling) -> str:
+        """A caption of `image` (asked with the family's own question unless `question` is given);
+        `sampling`: the options of `run_text_tasks` (temperature, top_k, max_new_tokens)."""
+        return self.run_text_tasks([TaskRequest(CAPTION, question, image)], seed=seed, **sampling)[0]
+
+    def ask(self, image: Image.Image, question: str, seed: int = 0, **sampling) -> str:
+        """The answer to a question about `image` ("how many circles are there?"); `sampling` as in `caption`."""
+        return self.run_text_tasks([TaskRequest(VQA, question, image)], seed=seed, **sampling)[0]
+
+    def rewrite(self, prompt: str, seed: int = 0, **sampling) -> str:
+        """`prompt` rewritten by the model as the caption it draws best; `sampling` as in `caption`."""
+        return self.run_text_tasks([TaskRequest(REWRITE, prompt)], seed=seed, **sampling)[0]
+
+    def rewrite_plan(self, plan: GenerationPlan) -> GenerationPlan:
+        """`plan` drawing the model's rewrite of each prompt (each distinct prompt rewritten once, greedily),
+        keeping the prompts asked as the plan's `requests`, which the images' metadata records."""
+        require_task(self.tasks, REWRITE)
+        asked = plan.prompts if plan.requests is None else plan.requests
+        distinct = list(dict.fromkeys(asked))
+        rewritten = dict(zip(distinct, self.run_text_tasks([TaskRequest(REWRITE, p) for p in distinct])))
+        return replace(plan, prompts=tuple(rewritten[p] for p in asked), requests=tuple(asked))
+
     def _require(self, task: str) -> None:
-        if task not in self.tasks:
-            raise GenerationError(
-                f"this model was not trained for {task!r} (its tasks: {', '.join(self.tasks)}); "
-                f"{task!r} needs a model whose lumina.json lists it, such as an official Lumina-mGPT v1 folder for chat"
-            )
+        require_task(self.tasks, task)
 
     def _encode_images(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
-        from lumina_mgpt.formats import bucket_sizes, closest_bucket, resize_to_bucket
+        from lumina_mgpt.formats import resize_to_bucket
 
         grids = []
-        sizes = bucket_sizes(max(self.defaults.size), step=self.layout.pixels_per_indicator)
         for image in images:
-            size = closest_bucket(image.width, image.height, sizes)
+            size = input_bucket(self.layout, self.defaults, image)
             tensor_codes = self.image_tokenizer.encode([resize_to_bucket(image.convert("RGB"), size)])
             grids.append(tensor_codes[0].cpu().numpy())
         return grids
