@@ -7,6 +7,8 @@ import base64
 import io
 import json
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -308,3 +310,14 @@ def test_the_stream_events_are_server_sent_json(served):
     assert lines[-1] == "data: [DONE]"
     kinds = [json.loads(line.removeprefix("data: "))["type"] for line in lines[:-1]]
     assert kinds == ["image_generation.partial_image", "image_generation.completed"]
+
+
+def test_serve_arguments_parse_without_the_heavy_imports():
+    code = (
+        "import sys\n"
+        "from lumina_mgpt.cli import build_parser\n"
+        "build_parser().parse_args(['serve', '--port', '0'])\n"
+        "print(','.join(m for m in ('torch', 'fastapi', 'uvicorn', 'gradio') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
