@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +16,7 @@ from lumina_mgpt.errors import CheckpointError, GenerationError
 from lumina_mgpt.formats import get_layout
 from lumina_mgpt.generation.engine import Engine
 from lumina_mgpt.generation.pipeline import Pipeline, make_settings
-from lumina_mgpt.model import PackedLinear, pack_linear_weights
+from lumina_mgpt.model import ModelConfig, PackedLinear, Transformer, pack_linear_weights, save_model
 from lumina_mgpt.model.packing import can_pack
 from lumina_mgpt.model_folder import Defaults
 
@@ -24,7 +28,7 @@ DTYPES = [torch.float32] + ([torch.bfloat16] if can_pack(torch.bfloat16) else []
 def test_a_packed_linear_computes_the_linear(dtype, bias):
     linear = nn.Linear(48, 80, bias=bias).to(dtype)
     packed = PackedLinear(linear)
-    tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     with torch.no_grad():
         for shape in [(2, 48), (3, 5, 48), (1, 17, 48)]:  # decode rows, SJD windows, a prefill
             x = torch.randn(shape).to(dtype)
@@ -94,3 +98,37 @@ def test_the_pipeline_packs_on_cpu_by_default_and_can_be_told_not_to(tmp_path):
     assert not any(isinstance(m, PackedLinear) for m in plain.model.modules())
     plain.save_pretrained(tmp_path / "copy")
     assert (tmp_path / "copy" / "model.safetensors").is_file()
+
+
+_LOAD_PACK_AND_MEASURE = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from lumina_mgpt.model import load_model, pack_linear_weights
+
+    def resident_bytes():
+        return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS:")).split()[1]) * 1024
+
+    model = load_model(sys.argv[1])  # memory-mapped, fp32 as stored
+    for p in model.parameters():
+        p.detach().view(-1)[:: 4096 // p.element_size()].sum()  # fault every page in
+    before = resident_bytes()
+    assert pack_linear_weights(model) > 0
+    print(resident_bytes() - before)
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_packing_a_mapped_checkpoint_hands_the_mapped_pages_back(tmp_path):
+    model = Transformer(ModelConfig(
+        vocab_size=512, hidden_size=1024, intermediate_size=2816, num_layers=4, num_heads=8, num_kv_heads=8
+    ))
+    save_model(model, tmp_path)
+    block_bytes = sum(p.numel() * 4 for p in model.model.layers.parameters())  # ~200 MB in fp32
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_PACK_AND_MEASURE, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    growth = int(result.stdout.strip().splitlines()[-1])
+    # Without the hand-back the packed copies would add a whole second copy of the blocks.
+    assert growth < 0.25 * block_bytes, (growth, block_bytes)

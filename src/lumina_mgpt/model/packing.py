@@ -10,9 +10,17 @@ freezing applies when it compiles for CPU, done here without compiling.
 
 A packed weight is an opaque oneDNN tensor: it cannot be saved, moved to another device or trained.
 `pack_linear_weights` therefore marks the model inference-only; load the folder again to do any of that.
+Packing copies each weight; where the original lies in a memory-mapped checkpoint (`load_model` maps
+files and keeps their dtype), its pages are handed back to the kernel once packed, so that a packed
+model stays at about one copy of the weights in RAM instead of two.
 """
 
 from __future__ import annotations
+
+import bisect
+import ctypes
+import mmap
+import sys
 
 import torch
 from torch import nn
@@ -57,11 +65,46 @@ class PackedLinear(nn.Module):
         )
 
 
+class _FileMappings:
+    """The address ranges of this process's file-backed private mappings (Linux /proc/self/maps)."""
+
+    def __init__(self) -> None:
+        ranges = []
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                path = fields[5].strip() if len(fields) == 6 else ""
+                if fields[1][3] == "p" and path.startswith("/"):  # private, backed by a file
+                    start, end = (int(address, 16) for address in fields[0].split("-"))
+                    ranges.append((start, end))
+        ranges.sort()
+        self.starts = [start for start, _ in ranges]
+        self.ranges = ranges
+
+    def contains(self, start: int, end: int) -> bool:
+        index = bisect.bisect_right(self.starts, start) - 1
+        return index >= 0 and self.ranges[index][0] <= start and end <= self.ranges[index][1]
+
+
+def _release_mapped_pages(tensor: torch.Tensor, mappings: _FileMappings | None) -> None:
+    """Drop the resident pages of a tensor that views a private file mapping (they would be read from the
+    file again if it were used): its packed copy replaces it."""
+    if mappings is None:
+        return
+    page = mmap.PAGESIZE
+    begin = tensor.data_ptr()
+    end = begin + tensor.numel() * tensor.element_size()
+    first, last = -(-begin // page) * page, end // page * page  # whole pages inside the tensor only
+    if last > first and mappings.contains(begin, end):
+        ctypes.CDLL(None).madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)  # MADV_DONTNEED
+
+
 def pack_linear_weights(model: nn.Module) -> int:
     """Replace, in place, every plain `nn.Linear` of the transformer blocks by a `PackedLinear`; returns
     how many were packed (0 when the weights are not on the CPU, not fp32 / bf16 on a CPU that can pack
     them, or already quantized). The model is inference-only afterwards (see the module docstring).
     lm_head stays as it is: the engine takes rows of it for its image-code head."""
+    mappings = _FileMappings() if sys.platform.startswith("linux") else None
     count = 0
     for block in model.model.layers:
         for parent in block.modules():
@@ -72,6 +115,7 @@ def pack_linear_weights(model: nn.Module) -> int:
                 if weight.device.type != "cpu" or type(weight.data) is not torch.Tensor or not can_pack(weight.dtype):
                     continue
                 setattr(parent, name, PackedLinear(child))
+                _release_mapped_pages(weight, mappings)
                 count += 1
     if count:
         model.requires_grad_(False)
