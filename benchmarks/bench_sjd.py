@@ -21,7 +21,7 @@ import torch
 from lumina_mgpt.formats import get_layout, grid_shape
 from lumina_mgpt.generation.engine import Engine
 from lumina_mgpt.generation.pipeline import Pipeline, make_settings
-from lumina_mgpt.model import ModelConfig, Transformer, quantize_model
+from lumina_mgpt.model import ModelConfig, Transformer, pack_linear_weights, quantize_model
 from lumina_mgpt.model_folder import FAMILY_DEFAULTS
 
 SMALL = dict(hidden_size=512, intermediate_size=1376, num_layers=8, num_heads=8, num_kv_heads=8)
@@ -44,6 +44,8 @@ def random_setup(args):
         model.lm_head.weight.mul_(args.logit_scale)
     if args.quant:
         quantize_model(model, args.quant)
+    else:
+        pack_linear_weights(model)  # as the Pipeline does on CPU; a no-op on CUDA
     rng = np.random.default_rng(0)
     prompts = [list(rng.integers(0, 30000, 40)) + [layout.separator_id] for _ in range(args.images)]
     # The random model is v1-shaped: sample as official v1 does.
