@@ -1,22 +1,32 @@
 """`lumina eval shapes`: run ShapesEval on a model (or on ground-truth renders) and print what was
-evaluated (model, settings, seed) and the per-category table; optionally write the full report as JSON."""
+evaluated (model, settings, seed) and the per-category table; optionally write the full report as JSON.
+`lumina eval tasks`: every task of the multi-task shapes world on its held-out items (task_eval.py), one
+table, beside it."""
 
 from __future__ import annotations
 
 import argparse
 
 from lumina_mgpt.generation.cli import add_model_arguments, add_sampling_arguments
+from lumina_mgpt.shapes.task_eval import DEFAULT_LIMIT, EVAL_TASKS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("benchmark", choices=["shapes"], help="the benchmark to run")
+    parser.add_argument("benchmark", choices=["shapes", "tasks"],
+                        help="shapes: ShapesEval (text to image); tasks: every task of the multi-task shapes world")
     add_model_arguments(parser)
     parser.add_argument(
         "--limit", type=int, default=None,
-        help="evaluate about N prompts, keeping category shares (default: all 553 held-out prompts)",
+        help="shapes: evaluate about N prompts, keeping category shares; tasks: N held-out items per task "
+             f"(default: shapes all 553 held-out prompts, tasks {DEFAULT_LIMIT})",
     )
+    parser.add_argument("--task", action="append", metavar="NAME",
+                        help=f"tasks only, repeatable: evaluate this task ({', '.join(EVAL_TASKS)}) "
+                             "(default: every task the model's lumina.json lists; the others are shown as not "
+                             "trained)")
     parser.add_argument("--batch-size", type=int, default=16,
-                        help="prompts per generation call, at most 8 decoded together (default: 16)")
+                        help="shapes: prompts per generation call, at most 8 decoded together; tasks: items decoded "
+                             "together (default: 16)")
     add_sampling_arguments(parser)
     parser.add_argument(
         "--out", default=None, metavar="FILE",
@@ -37,13 +47,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_report_file(args: argparse.Namespace) -> None:
+    """Refuse an --out that cannot take the JSON report, before any work."""
+    from pathlib import Path
+
+    from lumina_mgpt.errors import DataError
+    from lumina_mgpt.generation.outputs import check_output_folder
+
+    if args.out is not None:
+        out = Path(args.out)
+        if out.is_dir():
+            raise DataError(f"--out {out} is a folder; give the JSON report's file name")
+        if out.exists() and not args.overwrite:
+            raise DataError(f"--out {out} exists; pass --overwrite to replace it, or give another file")
+        check_output_folder(out.parent)
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
     from lumina_mgpt.errors import DataError
     from lumina_mgpt.generation.checks import check_seeds
-    from lumina_mgpt.generation.outputs import check_output_folder
+
+    if args.benchmark == "tasks":
+        return _run_tasks(args)
+    if args.task:
+        raise DataError("--task chooses tasks of `lumina eval tasks`; ShapesEval has none: drop --task")
     from lumina_mgpt.shapes.evaluate import (
         evaluate,
         format_table,
@@ -60,13 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         prompts = limit_prompts(prompts, args.limit)
     check_seeds(args.seed, len(prompts))
-    if args.out is not None:
-        out = Path(args.out)
-        if out.is_dir():
-            raise DataError(f"--out {out} is a folder; give the JSON report's file name")
-        if out.exists() and not args.overwrite:
-            raise DataError(f"--out {out} exists; pass --overwrite to replace it, or give another file")
-        check_output_folder(out.parent)
+    _check_report_file(args)
 
     if args.ground_truth:
         generate_fn = ground_truth_generator(prompts, args.seed, args.degrade)
@@ -124,3 +148,59 @@ def _model_generator(args: argparse.Namespace):
         )
 
     return generate_fn
+
+
+def _run_tasks(args: argparse.Namespace) -> int:
+    """`lumina eval tasks`: check everything, load the model, run every chosen task, print the table."""
+    import sys
+    from pathlib import Path
+
+    from lumina_mgpt.errors import DataError
+    from lumina_mgpt.generation.checks import check_integer, check_seeds, check_sjd_window
+    from lumina_mgpt.generation.cli import sjd_window
+    from lumina_mgpt.generation.pipeline import Pipeline, load_options, make_settings
+    from lumina_mgpt.model_folder import read_model_info
+    from lumina_mgpt.shapes.task_eval import choose_tasks, evaluate_tasks, format_task_table, write_task_report
+
+    if args.ground_truth or args.degrade is not None:
+        raise DataError("--ground-truth and --degrade check ShapesEval's analyzer; `eval tasks` has neither")
+    limit = check_integer("--limit", DEFAULT_LIMIT if args.limit is None else args.limit, 1, "items per task")
+    check_seeds(args.seed, limit)
+    batch_size = check_integer("--batch-size", args.batch_size, 1, "items decoded together")
+    window = check_sjd_window(sjd_window(args))
+    _check_report_file(args)
+    device, dtype = load_options(args.device, quant=args.quant)
+    info = read_model_info(args.model, args.image_tokenizer)
+    tasks, _ = choose_tasks(info.tasks, args.task)
+    if not tasks:
+        raise DataError(
+            f"this model was trained for none of the evaluated tasks (its tasks: {', '.join(info.tasks)}); "
+            f"`eval tasks` needs a model of the multi-task shapes world"
+        )
+    sampling = {"cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature,
+                "cfg_schedule": args.cfg_schedule}
+    settings = make_settings(info.defaults, **sampling)
+    print(f"loading model from {info.folder}", file=sys.stderr)
+    pipe = Pipeline.from_model_info(info, device=device, dtype=dtype, quant=args.quant)
+    print(f"model: {info.folder} (layout {info.layout.name}, device {device})")
+    print(
+        f"image settings: cfg {settings.cfg:g} ({settings.cfg_schedule}), temperature {settings.image.temperature:g}, "
+        f"top-k {settings.image.top_k}, top-p {settings.image.top_p:g}, "
+        + (f"SJD window {window}" if window else "plain decoding") + "; text answers greedy"
+    )
+    print(f"seed: {args.seed} (item k of a task uses seed {args.seed} + k); items per task: {limit}")
+
+    def show_progress(task: str, items: int) -> None:
+        print(f"{task}: {items} items done", file=sys.stderr)
+
+    report = evaluate_tasks(
+        pipe, args.task, limit=limit, seed=args.seed, batch_size=batch_size, sampling={**sampling, "sjd_window": window},
+        progress=show_progress,
+    )
+    print(format_task_table(report))
+    if args.out is not None:
+        header = {"model": str(info.folder), "seed": args.seed, "limit": limit, "cfg": settings.cfg,
+                  "cfg_schedule": settings.cfg_schedule, "temperature": settings.image.temperature,
+                  "top_k": settings.image.top_k, "top_p": settings.image.top_p, "sjd_window": window}
+        write_task_report(report, Path(args.out), header)
+    return 0
