@@ -436,6 +436,17 @@ def test_train_bpe_is_deterministic_and_round_trips(tmp_path):
     assert first.encode("<sep>")[0] == 1 and len(first.encode("<sep>")) == 1
 
 
+def test_a_lowercase_bpe_reads_any_case_as_lower_case(tmp_path):
+    tokenizer = TextTokenizer.train_bpe(CORPUS, vocab_size=320, special_tokens=("<s>", "<sep>"), lowercase=True)
+    reloaded = TextTokenizer.from_file(tokenizer.save(tmp_path / "lower.json"))  # the normalizer is stored
+    lower = tokenizer.encode("a red circle above a blue square")
+    for text in ["A Red Circle Above A Blue Square", "A RED CIRCLE ABOVE A BLUE SQUARE"]:
+        assert tokenizer.encode(text) == reloaded.encode(text) == lower
+    assert tokenizer.encode("<sep>") == [1]  # special tokens still match
+    cased = TextTokenizer.train_bpe(CORPUS, vocab_size=320, special_tokens=("<s>", "<sep>"))
+    assert len(cased.encode("A RED CIRCLE")) > len(cased.encode("a red circle"))  # why the option exists
+
+
 def test_train_bpe_rejects_bad_settings():
     with pytest.raises(TokenizerError, match="too small"):
         TextTokenizer.train_bpe(CORPUS, vocab_size=200)

@@ -5,7 +5,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer, trainers
+from tokenizers import AddedToken, Tokenizer, normalizers, trainers
 from tokenizers.pre_tokenizers import ByteLevel
 
 from lumina_mgpt.errors import TokenizerError
@@ -105,11 +105,17 @@ class TextTokenizer:
 
     @classmethod
     def train_bpe(
-        cls, texts: Iterable[str], vocab_size: int, special_tokens: Sequence[str] = (CHAMELEON_BOS,)
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        special_tokens: Sequence[str] = (CHAMELEON_BOS,),
+        lowercase: bool = False,
     ) -> "TextTokenizer":
         """Train a byte-level BPE (Qwen-style pipeline) on `texts`; the same corpus gives the same tokenizer.
 
-        Special tokens take ids 0.. in the given order; BOS is `<s>` when it is among them.
+        Special tokens take ids 0.. in the given order; BOS is `<s>` when it is among them. `lowercase`
+        folds case before tokenizing (stored in tokenizer.json): a small vocabulary trained on lower-case
+        text then reads "A Red Circle" exactly as "a red circle" instead of as unseen single bytes.
         """
         minimum = 256 + len(special_tokens)
         if vocab_size < minimum:
@@ -120,6 +126,8 @@ class TextTokenizer:
         if len(set(special_tokens)) != len(special_tokens):
             raise TokenizerError(f"special_tokens {tuple(special_tokens)} repeat a name; give each once")
         tokenizer = new_byte_level_tokenizer()
+        if lowercase:
+            tokenizer.normalizer = normalizers.Sequence([tokenizer.normalizer, normalizers.Lowercase()])
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
             special_tokens=[special_token(name) for name in special_tokens],
