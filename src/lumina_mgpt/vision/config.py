@@ -41,6 +41,11 @@ class VQConfig:
     # the encoder's receptive field otherwise spread every object's influence over all codes).
     # For synthetic, flat-colored domains, where this makes codes a deterministic function of content.
     patch_local: bool = False
+    # Decode each code on its own, the mirror of `patch_local`: the code fills a 2 x 2 latent frame and
+    # the middle d x d pixels of its decoding are the patch. A patch's pixels then depend only on its
+    # code, so any rows of a code grid (say a dual panel's lower half) decode exactly as they would
+    # inside the whole grid, and one wrong code spoils one patch, not its neighbours.
+    patch_local_decoder: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
@@ -154,13 +159,19 @@ SMALL = VQConfig(
 # encoder noise. Train it with an autoencoder warmup (TrainSettings.autoencoder_warmup).
 SHAPES = dataclasses.replace(SMALL, patch_local=True)
 
+# `shapes` local on both sides, with a code for each of the ~1,600 distinct 8x8 patches of the
+# multi-task shapes world (edits, maps, all canvases): the multi-task model's tokenizer, trained on
+# those patches by shapes.vq_images.train_task_image_tokenizer.
+SHAPES_TASKS = dataclasses.replace(SHAPES, patch_local_decoder=True, codebook_size=2048)
+
 PRESETS: dict[str, VQConfig] = {
     "chameleon": CHAMELEON, "movqgan-270m": MOVQGAN_270M, "small": SMALL, "shapes": SHAPES,
+    "shapes-tasks": SHAPES_TASKS,
 }
 
 
 def preset(name: str) -> VQConfig:
-    """A named architecture (`chameleon`, `movqgan-270m`, `small`, `shapes`)."""
+    """A named architecture (`chameleon`, `movqgan-270m`, `small`, `shapes`, `shapes-tasks`)."""
     if name not in PRESETS:
         raise ImageTokenizerError(f"unknown image tokenizer preset {name!r}; accepted: {', '.join(PRESETS)}")
     return PRESETS[name]

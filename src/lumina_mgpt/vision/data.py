@@ -1,4 +1,5 @@
-"""Training images for the small VQ: a folder of image files, or scikit-image's bundled photos."""
+"""Training images for the small VQ: a folder of image files, scikit-image's bundled photos, or the
+distinct patches of a synthetic world."""
 
 from __future__ import annotations
 
@@ -56,3 +57,24 @@ def random_crops(images: list[Image.Image], count: int, size: int, generator: to
         crop = image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
         crops[index] = np.asarray(crop)
     return torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def distinct_patches(images: list[Image.Image], size: int) -> torch.Tensor:
+    """Every distinct `size` x `size` patch on the patch grid of `images`, as (N, 3, size, size) in [-1, 1],
+    in a fixed (sorted) order.
+
+    A tokenizer that encodes and decodes each patch alone (`VQConfig.patch_local` and
+    `patch_local_decoder`) sees nothing but these patches, so it can train on them directly: each
+    distinct patch then weighs the same, however much of the images it covers (a flat background
+    would otherwise fill most of every batch), and no step is spent on repeats."""
+    misfits = sorted({image.size for image in images if image.width % size or image.height % size})
+    if not images or misfits:
+        raise ImageTokenizerError(f"need images whose sides are multiples of {size} px, got sizes {misfits or 'none'}")
+    found = set()
+    for image in images:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        rows, cols = pixels.shape[0] // size, pixels.shape[1] // size
+        grid = pixels.reshape(rows, size, cols, size, 3).transpose(0, 2, 1, 3, 4).reshape(rows * cols, -1)
+        found.update(patch.tobytes() for patch in grid)
+    patches = np.frombuffer(b"".join(sorted(found)), dtype=np.uint8).reshape(-1, size, size, 3)
+    return torch.from_numpy(patches.copy()).permute(0, 3, 1, 2).float() / 127.5 - 1.0

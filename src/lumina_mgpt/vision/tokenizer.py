@@ -80,7 +80,21 @@ class ImageTokenizer(torch.nn.Module):
 
     def decode_latents(self, quantized: torch.Tensor) -> torch.Tensor:
         """Pixels (B, 3, H, W), unclamped, from quantized latents (B, embed_dim, h, w)."""
-        return self.model.decode(quantized, force_not_quantize=True).sample
+        if not self.config.patch_local_decoder:
+            return self.model.decode(quantized, force_not_quantize=True).sample
+        d = self.downsample
+        batch, channels, rows, cols = quantized.shape
+        cells = quantized.permute(0, 2, 3, 1).reshape(-1, channels)
+        inverse = None
+        if not cells.requires_grad:  # equal codes decode equally: each distinct one is decoded once
+            cells, inverse = torch.unique(cells, dim=0, return_inverse=True)
+        framed = cells[:, :, None, None].expand(-1, -1, 2, 2)
+        pixels = self.model.decode(framed, force_not_quantize=True).sample
+        patches = pixels[:, :, d // 2 : d // 2 + d, d // 2 : d // 2 + d]
+        if inverse is not None:
+            patches = patches[inverse]
+        patches = patches.reshape(batch, rows, cols, -1, d, d)
+        return patches.permute(0, 3, 1, 4, 2, 5).reshape(batch, -1, rows * d, cols * d)
 
     # -- the public interface -----------------------------------------------------------------
 
