@@ -217,7 +217,9 @@ def load_options(
 class Pipeline:
     """A model, its text tokenizer, its image tokenizer and its vocabulary layout, ready to generate.
 
-    `tasks` says what the model was trained for (TEXT_TO_IMAGE, CHAT); see the module docstring."""
+    `tasks` says what the model was trained for (model_folder.TASKS: text-to-image, chat, edit, control, ...);
+    a method whose task is not among them refuses to run. The task prompts of each model family are in
+    generation/tasks.py."""
 
     def __init__(
         self, model, text_tokenizer, image_tokenizer, layout: VocabLayout, defaults: Defaults,
