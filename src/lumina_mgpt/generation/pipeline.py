@@ -57,6 +57,7 @@ from lumina_mgpt.generation.tasks import (
     TaskRunner,
     check_request_batch,
     input_bucket,
+    request_fields,
     task_defaults,
 )
 from lumina_mgpt.model_folder import (
@@ -172,6 +173,19 @@ def plan_generation(
     per_image = tuple(p for p in prompts for _ in range(num_images))
     seeds = tuple(check_seeds(seed, len(per_image)))
     return GenerationPlan(per_image, seeds, width, height, settings, batch_size, check_sjd_window(sjd_window))
+
+
+def image_parameters(
+    asked: dict, width: int, height: int, seed: int, settings: GenerationSettings, sjd_window: int | None,
+    layout: VocabLayout,
+) -> str:
+    """The JSON `parameters` text every generated image carries (save_png writes it into the PNG): what was
+    asked (`asked`: prompt, or task and inputs), then the image's size, seed and sampling settings."""
+    return json.dumps({
+        **asked, "width": width, "height": height, "seed": seed, "cfg": settings.cfg,
+        "cfg_schedule": settings.cfg_schedule, "image_sampling": asdict(settings.image), "sjd_window": sjd_window,
+        "model_layout": layout.name,
+    })  # fmt: skip
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -378,11 +392,8 @@ class Pipeline:
                 asked = {"prompt": prompt} if plan.requests is None else {
                     "prompt": plan.requests[index], "rewritten_prompt": prompt
                 }
-                picture.info["parameters"] = json.dumps(
-                    {**asked, "width": plan.width, "height": plan.height, "seed": image_seed,
-                     "cfg": plan.settings.cfg, "cfg_schedule": plan.settings.cfg_schedule,
-                     "image_sampling": asdict(plan.settings.image),
-                     "sjd_window": plan.sjd_window, "model_layout": self.layout.name}
+                picture.info["parameters"] = image_parameters(
+                    asked, plan.width, plan.height, image_seed, plan.settings, plan.sjd_window, self.layout
                 )
                 yield picture
 
@@ -585,9 +596,13 @@ class Pipeline:
             task_defaults(runner.family, self.defaults), cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
             cfg_schedule=cfg_schedule,
         )
-        return runner.run_images(
-            requests, seeds, settings, width, height, batch_size, progress, check_sjd_window(sjd_window)
-        )
+        sjd_window = check_sjd_window(sjd_window)
+        images = runner.run_images(requests, seeds, settings, width, height, batch_size, progress, sjd_window)
+        for request, image_seed, image in zip(requests, seeds, images):
+            image.info["parameters"] = image_parameters(
+                request_fields(request), *image.size, image_seed, settings, sjd_window, self.layout
+            )
+        return images
 
     def run_text_tasks(
         self,

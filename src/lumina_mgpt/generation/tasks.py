@@ -20,9 +20,8 @@ condition would bleed into the answer.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -197,21 +196,15 @@ def image_fingerprint(image: Image.Image) -> dict:
     return {"width": rgb.width, "height": rgb.height, "sha256": hashlib.sha256(rgb.tobytes()).hexdigest()}
 
 
-def task_parameters(
-    request: TaskRequest, size: tuple[int, int], seed: int, settings: GenerationSettings, layout: VocabLayout
-) -> str:
-    """The JSON `parameters` text of an image a task wrote: task, inputs and settings."""
-    record = {"task": request.task, TEXT_FIELDS.get(request.task, "prompt"): request.text}
+def request_fields(request: TaskRequest) -> dict:
+    """What a request asked, as the metadata of its answer image records it: the task, its text, kind and
+    subject, and the input image's size and hash."""
+    fields = {"task": request.task, TEXT_FIELDS.get(request.task, "prompt"): request.text}
     if request.kind is not None:
-        record["kind"] = request.kind
+        fields["kind"] = request.kind
     if request.subject is not None:
-        record["subject"] = request.subject
-    record.update({
-        "input_image": image_fingerprint(request.image),
-        "width": size[0], "height": size[1], "seed": seed, "cfg": settings.cfg, "cfg_schedule": settings.cfg_schedule,
-        "image_sampling": asdict(settings.image), "model_layout": layout.name,
-    })  # fmt: skip
-    return json.dumps(record)
+        fields["subject"] = request.subject
+    return {**fields, "input_image": image_fingerprint(request.image)}
 
 
 def lower_panels(grids: Sequence[np.ndarray], panel_rows: int) -> np.ndarray:
@@ -259,9 +252,6 @@ class TaskRunner:
         self.pipe = pipe
         self.family = prompt_family(pipe.layout)
 
-    def output_size(self, request: TaskRequest, width: int | None, height: int | None) -> tuple[int, int]:
-        return answer_size(self.family, self.pipe.layout, self.pipe.defaults, request.image, width, height)
-
     # ------------------------------------------------------------------ image tasks
     def run_images(
         self,
@@ -275,7 +265,9 @@ class TaskRunner:
         sjd_window: int | None = None,
     ) -> list[Image.Image]:
         """One answer image per request, in order; requests of one output size share engine calls."""
-        sizes = [self.output_size(request, width, height) for request in requests]
+        pipe = self.pipe
+        # Every size is checked before the first engine call.
+        sizes = [answer_size(self.family, pipe.layout, pipe.defaults, r.image, width, height) for r in requests]
         results: list[Image.Image | None] = [None] * len(requests)
         by_size: dict[tuple[int, int], list[int]] = {}
         for index, size in enumerate(sizes):
@@ -287,9 +279,6 @@ class TaskRunner:
                     [requests[i] for i in batch], [seeds[i] for i in batch], size, settings, progress, sjd_window
                 )
                 for index, image in zip(batch, images):
-                    image.info["parameters"] = task_parameters(
-                        requests[index], size, seeds[index], settings, self.pipe.layout
-                    )
                     results[index] = image
         return results
 
