@@ -41,10 +41,11 @@ def test_the_ui_draws_the_prompt_in_the_browser(ui_url, tmp_path):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 1400})
-            page.goto(ui_url, wait_until="networkidle", timeout=60_000)
-            page.locator("#prompt textarea").fill("a red circle")
+            # Generous waits: on a busy 2-core machine the page alone has taken 20 s to render.
+            page.goto(ui_url, wait_until="load", timeout=120_000)
+            page.locator("#prompt textarea").fill("a red circle", timeout=120_000)
             page.locator("#generate").click()
-            page.locator("#status").get_by_text("done: 1 image(s) 64x64").wait_for(timeout=60_000)
+            page.locator("#status").get_by_text("done: 1 image(s) 64x64").wait_for(timeout=120_000)
             image = page.locator("#gallery img").first
             image.wait_for(state="visible", timeout=30_000)
             deadline = time.monotonic() + 30

@@ -21,7 +21,13 @@ from PIL import Image, UnidentifiedImageError
 
 from lumina_mgpt.errors import LuminaError
 from lumina_mgpt.formats import IMAGE_PLACEHOLDER, grid_shape
-from lumina_mgpt.generation.checks import MAX_SEED, check_image_dimensions, check_integer, check_sjd_window
+from lumina_mgpt.generation.checks import (
+    MAX_SEED,
+    check_image_dimensions,
+    check_integer,
+    check_seeds,
+    check_sjd_window,
+)
 from lumina_mgpt.generation.pipeline import make_settings
 from lumina_mgpt.generation.speculative import DEFAULT_WINDOW
 from lumina_mgpt.serve.scheduler import ImageRequest
@@ -138,12 +144,14 @@ def parse_size(size: object, pipe) -> tuple[int, int]:
         return check_image_dimensions(int(match[1]), int(match[2]), pipe.layout)
 
 
-def parse_seed(value: object) -> int:
-    """The request's seed; a random one when absent (answered with the images, to reproduce them)."""
+def parse_seed(value: object, images: int = 1) -> int:
+    """The first seed of a request of `images` images (image i uses seed + i, all within 0..2**63-1); a random
+    one when absent (answered with the images, to reproduce them)."""
     if value is None:
         return secrets.randbelow(2**31)
     with field("seed"):
-        return check_integer("seed", value, 0, "image i uses seed + i", MAX_SEED - 64)
+        first = check_integer("seed", value, 0, "image i uses seed + i", MAX_SEED)
+        return check_seeds(first, images)[0]
 
 
 def image_request(body: Mapping[str, Any], pipe, max_n: int) -> ImageRequest:
@@ -197,7 +205,7 @@ def image_request(body: Mapping[str, Any], pipe, max_n: int) -> ImageRequest:
                 last + 1,
             )
         partial_rows = tuple(sorted({round(last * i / max(wanted - 1, 1)) for i in range(wanted)}))
-    return ImageRequest(prompt, n, width, height, settings, parse_seed(body.get("seed")), window, partial_rows)
+    return ImageRequest(prompt, n, width, height, settings, parse_seed(body.get("seed"), n), window, partial_rows)
 
 
 def decode_image(data: bytes, where: str, max_pixels: int) -> Image.Image:

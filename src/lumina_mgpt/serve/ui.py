@@ -10,6 +10,7 @@ import io
 import gradio as gr
 from PIL import Image
 
+from lumina_mgpt.errors import LuminaError
 from lumina_mgpt.formats import IMAGE_PLACEHOLDER, bucket_sizes
 from lumina_mgpt.model_folder import CHAT
 from lumina_mgpt.serve.app import editing_available, request_outcome
@@ -73,7 +74,7 @@ def build_ui(pipe, scheduler: BatchScheduler, timeout_s: float) -> gr.Blocks:
         seeds = ", ".join(str(request.seed + i) for i in range(request.n))
         yield [_image(png) for png in pngs], f"done: {request.n} image(s) {size}, seeds {seeds}", request.seed
 
-    with gr.Blocks(title="lumina-mgpt") as blocks:
+    with gr.Blocks(title="lumina-mgpt", analytics_enabled=False) as blocks:
         gr.Markdown(f"## lumina-mgpt &middot; {', '.join(pipe.tasks)}")
         with gr.Tab("Text to image"):
             prompt = gr.Textbox(label="Prompt", placeholder="a red circle above a blue square", elem_id="prompt")
@@ -111,25 +112,38 @@ def build_ui(pipe, scheduler: BatchScheduler, timeout_s: float) -> gr.Blocks:
 
 
 def _chat_tab(pipe, scheduler: BatchScheduler) -> None:
-    async def answer(history, question, picture):
-        turns = [message["content"] for message in history if isinstance(message.get("content"), str)]
+    async def answer(conversation, history, question, picture):
+        # The conversation (turns and their images) is kept apart from what the Chatbot shows.
+        turns, images = conversation
         text = question + (IMAGE_PLACEHOLDER if picture is not None else "")
-        images = [] if picture is None else [picture.convert("RGB")]
-        reply = await scheduler.call(lambda: pipe.chat([*turns, text], images))
-        return history + [{"role": "user", "content": question}, {"role": "assistant", "content": reply.text}], ""
+        images = images + ([] if picture is None else [picture.convert("RGB")])
+        try:
+            reply = await scheduler.call(lambda: pipe.chat([*turns, text], images))
+        except LuminaError as error:
+            raise gr.Error(str(error)) from None
+        history = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": reply.text}]
+        return ([*turns, text, reply.text], images), history, "", None
 
     with gr.Tab("Chat"):
-        chatbot = gr.Chatbot(label="Conversation")
-        question = gr.Textbox(label="Message")
+        conversation = gr.State(([], []))
+        chatbot = gr.Chatbot(label="Conversation", elem_id="chatbot")
+        question = gr.Textbox(label="Message (Enter sends)", elem_id="question")
         picture = gr.Image(type="pil", label="Image (optional)")
-        question.submit(answer, inputs=[chatbot, question, picture], outputs=[chatbot, question])
+        question.submit(
+            answer,
+            inputs=[conversation, chatbot, question, picture],
+            outputs=[conversation, chatbot, question, picture],
+        )
 
 
 def _edit_tab(pipe, scheduler: BatchScheduler) -> None:
     async def edit(picture, instruction, seed):
         if picture is None or not instruction:
             raise gr.Error("give an image and an instruction")
-        edited = await scheduler.call(lambda: pipe.edit(picture.convert("RGB"), instruction, seed=int(seed)))
+        try:
+            edited = await scheduler.call(lambda: pipe.edit(picture.convert("RGB"), instruction, seed=int(seed)))
+        except LuminaError as error:
+            raise gr.Error(str(error)) from None
         return _image(png_bytes(edited))
 
     with gr.Tab("Edit"):
