@@ -132,3 +132,18 @@ def test_packing_a_mapped_checkpoint_hands_the_mapped_pages_back(tmp_path):
     growth = int(result.stdout.strip().splitlines()[-1])
     # Without the hand-back the packed copies would add a whole second copy of the blocks.
     assert growth < 0.25 * block_bytes, (growth, block_bytes)
+
+
+def test_a_small_model_decodes_on_one_thread_and_leaves_torch_as_it_was():
+    layout = get_layout("compact", text_vocab_size=400, codebook_size=16, downsample=8)
+    engine = Engine(tiny_model(vocab_size=layout.vocab_size), layout)
+    assert engine.decode_threads == 1
+    seen = []
+    settings = make_settings(Defaults(image_top_k=4, text_top_k=10, temperature=1.0, cfg=3.0, size=(32, 32)))
+    before = torch.get_num_threads()
+    engine.generate_images(
+        [[0, 5, layout.separator_id]], 32, 32, settings, [0], progress=False,
+        on_step=lambda output: seen.append(torch.get_num_threads()),
+    )
+    assert set(seen) == {1}
+    assert torch.get_num_threads() == before
