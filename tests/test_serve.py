@@ -9,6 +9,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,9 +35,15 @@ def pipe():
 class Served:
     """A running server and what the tests look at: its URL, scheduler and the batches it decoded."""
 
-    def __init__(self, pipe, timeout_s=60.0, **scheduler_options):
+    def __init__(self, pipe, timeout_s=60.0, before_batch=None, **scheduler_options):
         self.batches = []
-        self.scheduler = BatchScheduler(pipe, on_batch=self.batches.append, **scheduler_options)
+
+        def on_batch(info):
+            self.batches.append(info)
+            if before_batch is not None:
+                before_batch()
+
+        self.scheduler = BatchScheduler(pipe, on_batch=on_batch, **scheduler_options)
         app = create_app(pipe, "embedded", self.scheduler, timeout_s=timeout_s, max_body_bytes=2**20, ui=False)
         self.http = HttpServer(app).start()
         self.url = self.http.url
@@ -243,6 +250,33 @@ def test_a_client_that_leaves_is_dropped_before_its_batch(small):
     assert small.scheduler.stats["dropped"] == 1
     small.scheduler.resume()
     assert small.batches == [] and small.healthy()
+
+
+def test_a_batch_whose_every_client_left_stops_before_it_finishes(pipe):
+    started, go_on = threading.Event(), threading.Event()
+
+    def hold():  # the batch has left the queue; hold it until its only client is gone
+        started.set()
+        assert go_on.wait(30)
+
+    server = Served(pipe, before_batch=hold)
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            server.post({"prompt": "a red circle", "size": SIZE}, timeout=httpx.Timeout(10, read=0.5))
+        assert started.is_set()
+        deadline = time.monotonic() + 30
+        while server.scheduler.stats["dropped"] != 1:
+            assert time.monotonic() < deadline, "the server never noticed that its client left"
+            time.sleep(0.01)
+        go_on.set()
+        while server.scheduler.stats["abandoned"] != 1:
+            assert time.monotonic() < deadline, "the batch was not abandoned"
+            time.sleep(0.01)
+        assert server.scheduler.stats["batches"] == 0 and server.scheduler.stats["images"] == 0
+        assert server.post({"prompt": "a red circle", "size": SIZE}).status_code == 200
+    finally:
+        go_on.set()
+        server.http.stop()
 
 
 def test_a_request_past_its_timeout_is_a_504(small):

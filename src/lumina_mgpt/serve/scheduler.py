@@ -115,8 +115,8 @@ class BatchScheduler:
 
     `max_batch`: images per engine call; `max_queue`: images waiting at most; `batch_wait_s`: how long a
     request that finds the worker idle waits for companions. `on_batch(BatchInfo)` is called on the worker
-    thread right before each engine call: a public hook to observe batching. `stats` counts batches,
-    images decoded and requests dropped."""
+    thread right before each engine call: a public hook to observe batching. `stats` counts the batches
+    decoded, their images, the requests dropped (cancelled) and the batches abandoned (every request gone)."""
 
     def __init__(
         self,
@@ -135,7 +135,7 @@ class BatchScheduler:
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_s
         self.on_batch = on_batch
-        self.stats = {"batches": 0, "images": 0, "dropped": 0}
+        self.stats = {"batches": 0, "images": 0, "dropped": 0, "abandoned": 0}
         self._pending: deque[Ticket] = deque()
         self._calls: deque[tuple[Callable[[], Any], asyncio.AbstractEventLoop, asyncio.Future]] = deque()
         self._queued_images = 0
@@ -230,7 +230,7 @@ class BatchScheduler:
                 function, loop, future = job
                 try:
                     value: Any = function()
-                except Exception as error:  # noqa: BLE001 - the worker must live on; handed to the awaiting request, which answers with it
+                except Exception as error:  # noqa: BLE001 - the worker lives on; the request answers with it
                     value = error
                 loop.call_soon_threadsafe(_settle, future, value)
 
@@ -269,8 +269,8 @@ class BatchScheduler:
     def _run_batch(self, batch: list[Ticket]) -> None:
         try:
             grids = self._decode(batch)
-            release_free_memory()
         except _BatchAbandoned:
+            self.stats["abandoned"] += 1
             return
         except LuminaError as error:
             if len(batch) == 1:
@@ -279,10 +279,12 @@ class BatchScheduler:
                 for ticket in batch:
                     self._run_batch([ticket])
             return
-        except Exception as error:  # noqa: BLE001 - the worker must live on; an engine failure answers every request of the batch (HTTP 500)
+        except Exception as error:  # noqa: BLE001 - the worker lives on; every request answers with it (500)
             for ticket in batch:
                 ticket.resolve(error)
             return
+        finally:
+            release_free_memory()
         start = 0
         for ticket in batch:
             own = grids[start : start + ticket.request.n]
