@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from lumina_mgpt.cli import main
+from lumina_mgpt.errors import GenerationError
 from lumina_mgpt.generation.pipeline import Pipeline
 from lumina_mgpt.serve.app import HttpServer, create_app
 from lumina_mgpt.serve.scheduler import BatchScheduler
@@ -276,6 +277,34 @@ def test_a_batch_whose_every_client_left_stops_before_it_finishes(pipe):
         assert server.post({"prompt": "a red circle", "size": SIZE}).status_code == 200
     finally:
         go_on.set()
+        server.http.stop()
+
+
+def test_a_request_that_fails_its_batch_fails_alone_and_engine_errors_are_500s(pipe):
+    class PickyPipeline(Pipeline):
+        def generate_codes(self, prompts, *args, **kwargs):
+            if "refuse me" in prompts:
+                raise GenerationError("the prompt 'refuse me' is refused")
+            if "break me" in prompts:
+                raise RuntimeError("out of memory")
+            return super().generate_codes(prompts, *args, **kwargs)
+
+    picky = PickyPipeline(pipe.model, pipe.text_tokenizer, pipe.image_tokenizer, pipe.layout, pipe.defaults)
+    server = Served(picky)
+    try:
+        server.scheduler.pause()
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(server.post, {"prompt": p, "size": SIZE}) for p in ("a red circle", "refuse me")]
+            server.wait_queued(2)
+            server.scheduler.resume()
+            good, bad = (future.result() for future in futures)
+        assert [batch.images for batch in server.batches] == [2, 1, 1]  # together, then each alone
+        assert good.status_code == 200
+        assert bad.status_code == 400 and bad.json()["error"]["message"] == "the prompt 'refuse me' is refused"
+        broken = server.post({"prompt": "break me", "size": SIZE})
+        assert broken.status_code == 500 and "RuntimeError: out of memory" in broken.json()["error"]["message"]
+        assert server.post({"prompt": "a red circle", "size": SIZE}).status_code == 200
+    finally:
         server.http.stop()
 
 

@@ -87,7 +87,6 @@ def create_app(
 
     app = FastAPI(title="lumina-mgpt", summary=f"OpenAI-compatible image API for {model_id}", lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
-    app.state.scheduler = scheduler
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, error: ApiError) -> JSONResponse:
@@ -123,10 +122,8 @@ def create_app(
     def submit(image: ImageRequest, on_partial=None):
         try:
             return scheduler.submit(image, on_partial)
-        except QueueFull as error:
-            raise ApiError(429, str(error), kind="rate_limit_error", code="queue_full") from None
-        except SchedulerClosed as error:
-            raise ApiError(503, str(error), kind="server_error", code="shutting_down") from None
+        except LuminaError as error:  # a full queue (429), a server shutting down (503)
+            raise as_api_error(error) from None
 
     @app.get("/health")
     async def health() -> dict:
@@ -156,7 +153,7 @@ def create_app(
         check_model(body, model_id)
         image = image_request(body, pipe, scheduler.max_batch)
         if body.get("stream", False):
-            return await stream_images(request, image)
+            return stream_images(image)
         ticket = submit(image)
         try:
             pngs = await wait(request, ticket.result, lambda: scheduler.cancel(ticket))
@@ -164,7 +161,7 @@ def create_app(
             return Response(status_code=499)
         return JSONResponse(images_body(image, pngs))
 
-    async def stream_images(request: Request, image: ImageRequest) -> StreamingResponse:
+    def stream_images(image: ImageRequest) -> StreamingResponse:
         partials: asyncio.Queue[PartialImage] = asyncio.Queue()
         ticket = submit(image, partials.put_nowait)  # before the response starts: a full queue is still a 429
         size = f"{image.width}x{image.height}"
@@ -330,27 +327,33 @@ def images_body(image: ImageRequest, pngs: list[bytes]) -> dict:
     }
 
 
+def as_api_error(error: BaseException) -> ApiError:
+    """What the client is told about a failed request."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, QueueFull):
+        return ApiError(429, str(error), kind="rate_limit_error", code="queue_full")
+    if isinstance(error, SchedulerClosed):
+        return ApiError(503, str(error), kind="server_error", code="shutting_down")
+    if isinstance(error, LuminaError):
+        return ApiError(400, str(error), code="invalid_value")
+    if isinstance(error, asyncio.CancelledError):
+        return ApiError(499, "the request was cancelled", code="cancelled")
+    # The model failed: the client gets the reason, the server stays up.
+    return ApiError(
+        500,
+        f"the model failed on this request: {type(error).__name__}: {error}",
+        kind="server_error",
+        code="model_error",
+    )
+
+
 def request_outcome(future: asyncio.Future) -> Any:
-    """A finished future's value, its failure as an ApiError."""
+    """A finished future's value; its failure raised as an ApiError."""
     try:
         return future.result()
-    except ApiError:
-        raise
-    except QueueFull as error:
-        raise ApiError(429, str(error), kind="rate_limit_error", code="queue_full") from None
-    except SchedulerClosed as error:
-        raise ApiError(503, str(error), kind="server_error", code="shutting_down") from None
-    except LuminaError as error:
-        raise ApiError(400, str(error), code="invalid_value") from None
-    except asyncio.CancelledError:
-        raise ApiError(499, "the request was cancelled", code="cancelled") from None
-    except Exception as error:  # noqa: BLE001 - the model failed: the client gets the reason, the server stays up
-        raise ApiError(
-            500,
-            f"the model failed on this request: {type(error).__name__}: {error}",
-            kind="server_error",
-            code="model_error",
-        ) from None
+    except (Exception, asyncio.CancelledError) as error:  # noqa: BLE001 - every failure becomes an answer
+        raise as_api_error(error) from None
 
 
 def _b64(data: bytes) -> str:
