@@ -97,7 +97,8 @@ def field(name: str, fields: tuple[str, ...] = ()) -> Iterator[None]:
 
 
 def json_object(raw: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
-    """The request body as a JSON object holding only `fields`; 400 otherwise."""
+    """The request body as a JSON object holding only `fields`, without its null values (the defaults, as in
+    OpenAI's API); 400 otherwise."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
@@ -112,7 +113,7 @@ def json_object(raw: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
             param=unknown[0],
             code="unknown_parameter",
         )
-    return body
+    return {key: value for key, value in body.items() if value is not None}  # null means the default
 
 
 def check_model(body: Mapping[str, Any], model_id: str) -> None:
