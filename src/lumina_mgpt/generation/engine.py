@@ -160,6 +160,8 @@ class Engine:
         forbidden = torch.as_tensor(layout.image_code_mask(), device=device)
         forbidden[[layout.end_line_id, layout.end_image_id]] = True
         forbidden[torch.as_tensor(layout.size_indicator_ids, device=device)] = True
+        if layout.pad_id not in (layout.separator_id, layout.bos_id):  # v1 may pad with its separator, v2 with BOS
+            forbidden[layout.pad_id] = True  # padding is never text: a row that wrote it would read it back as input
         # <start-of-image> stays allowed in text: it switches the row to image mode.
         self.text_bias = torch.zeros(layout.vocab_size, device=device).masked_fill(forbidden, float("-inf"))
         packed = any(isinstance(module, PackedLinear) for module in model.modules())

@@ -556,9 +556,7 @@ class Pipeline:
                 text.append(IMAGE_PLACEHOLDER)
                 grids.append(segment.codes)
             else:
-                # The engine leaves <pad> open in text; an untrained model may write it, and it means nothing.
-                ids = [int(t) for t in segment.ids if t != self.layout.pad_id]
-                text.append(self.text_tokenizer.decode(ids))
+                text.append(self.text_tokenizer.decode([int(t) for t in segment.ids]))
         pictures = [self.image_tokenizer.decode_to_pil(torch.as_tensor(g)[None])[0] for g in grids if g.size]
         return ChatReply("".join(text), pictures)
 
