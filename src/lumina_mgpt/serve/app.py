@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 
 from lumina_mgpt.errors import LuminaError
 from lumina_mgpt.generation.checks import check_integer
-from lumina_mgpt.model_folder import CHAT
+from lumina_mgpt.model_folder import CHAT, EDIT
 from lumina_mgpt.serve.parsing import (
     CHAT_FIELDS,
     IMAGE_FIELDS,
@@ -43,6 +43,7 @@ from lumina_mgpt.serve.parsing import (
     image_request,
     json_object,
     parse_seed,
+    parse_size,
 )
 from lumina_mgpt.serve.scheduler import (
     BatchScheduler,
@@ -53,8 +54,6 @@ from lumina_mgpt.serve.scheduler import (
     png_bytes,
 )
 
-# The task name under which a model's lumina.json announces image editing (with a Pipeline.edit method).
-EDIT = "edit"
 # How often a waiting request checks whether its client is still there.
 DISCONNECT_POLL_S = 0.1
 # Images uploaded for editing or chat: at most this many pixels each.
@@ -63,10 +62,6 @@ MAX_UPLOAD_PIXELS = 4096 * 4096
 
 class ClientGone(Exception):
     """The client disconnected while its request waited."""
-
-
-def editing_available(pipe) -> bool:
-    return EDIT in pipe.tasks and callable(getattr(pipe, "edit", None))
 
 
 def create_app(
@@ -235,7 +230,7 @@ def create_app(
 
     @app.post("/v1/images/edits")
     async def edits(request: Request) -> Response:
-        if not editing_available(pipe):
+        if EDIT not in pipe.tasks:
             raise ApiError(
                 501,
                 f"image editing needs a model trained for it; this model's tasks are "
@@ -254,7 +249,10 @@ def create_app(
         picture = decode_image(await upload.read(), "image", MAX_UPLOAD_PIXELS)
         seed = form.get("seed")
         seed = parse_seed(int(seed) if isinstance(seed, str) and seed.isdigit() else seed)
-        future = scheduler.call(lambda: png_bytes(pipe.edit(picture, prompt, seed=seed)))
+        size = form.get("size")
+        # Without a size the pipeline picks the family's answer size (v1: the input's resolution bucket).
+        sizing = {} if size in (None, "auto") else dict(zip(("width", "height"), parse_size(size, pipe)))
+        future = scheduler.call(lambda: png_bytes(pipe.edit(picture, prompt, seed=seed, **sizing)))
         try:
             png = await wait(request, future, lambda: None)
         except ClientGone:

@@ -12,8 +12,8 @@ from PIL import Image
 
 from lumina_mgpt.errors import LuminaError
 from lumina_mgpt.formats import IMAGE_PLACEHOLDER, bucket_sizes
-from lumina_mgpt.model_folder import CHAT
-from lumina_mgpt.serve.app import editing_available, request_outcome
+from lumina_mgpt.model_folder import CHAT, EDIT
+from lumina_mgpt.serve.app import request_outcome
 from lumina_mgpt.serve.parsing import ApiError, image_request
 from lumina_mgpt.serve.scheduler import BatchScheduler, PartialImage, png_bytes
 
@@ -106,7 +106,7 @@ def build_ui(pipe, scheduler: BatchScheduler, timeout_s: float) -> gr.Blocks:
             prompt.submit(generate, inputs=inputs, outputs=[gallery, status, seed])
         if CHAT in pipe.tasks:
             _chat_tab(pipe, scheduler)
-        if editing_available(pipe):
+        if EDIT in pipe.tasks:
             _edit_tab(pipe, scheduler)
     return blocks
 
