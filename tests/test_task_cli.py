@@ -151,3 +151,28 @@ def test_text_verbs_print_the_answer(scene_file, model_folder, capsys):
     assert task_cli.run(parser().parse_args(argv)) == 0
     answer = capsys.readouterr().out
     assert answer.endswith("\n") and answer.count("\n") == 1
+
+
+def test_generate_rewrite_draws_the_rewrite_and_keeps_both_prompts(model_folder, tmp_path, capsys):
+    from lumina_mgpt.cli import main
+
+    out = tmp_path / "out"
+    assert main(["generate", "A RED CIRCLE, please", "--model", model_folder, "--out", str(out), "--rewrite"]) == 0
+    captured = capsys.readouterr()
+    (path,) = captured.out.split()
+    assert path.rsplit("/", 1)[1].startswith("000-a-red-circle-please-seed0")  # named by what was asked
+    meta = json.loads(Image.open(path).text["parameters"])
+    assert meta["prompt"] == "A RED CIRCLE, please"
+    assert isinstance(meta["rewritten_prompt"], str)
+    assert f"rewrote 'A RED CIRCLE, please' as {meta['rewritten_prompt']!r}" in captured.err
+
+
+def test_generate_rewrite_is_refused_before_loading_a_model_without_it(no_model_load, tmp_path, capsys):
+    from lumina_mgpt.cli import main
+
+    assert main(["generate", "a red circle", "--rewrite", "--out", str(tmp_path / "out")]) == 2
+    assert "not trained for 'rewrite'" in capsys.readouterr().err
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    assert main(["generate", "--prompts", str(prompts), "--rewrite", "--out", str(tmp_path / "out")]) == 2
+    assert "--rewrite works with prompts given as arguments" in capsys.readouterr().err

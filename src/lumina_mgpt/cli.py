@@ -15,7 +15,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "demo": ("lumina_mgpt.demo", "run the end-to-end demo on the embedded model"),
     "tokenize": ("lumina_mgpt.formats.cli", "show the Uni-Rep ids of a prompt and an image size"),
     "train-vq": ("lumina_mgpt.vision.train_cli", "train a small VQ image tokenizer"),
-    "eval": ("lumina_mgpt.shapes.eval_cli", "evaluate a model (eval shapes: ShapesEval)"),
+    "eval": (
+        "lumina_mgpt.shapes.eval_cli",
+        "evaluate a model (eval shapes: ShapesEval; eval tasks: every task of the shapes task world)",
+    ),
     "generate": ("lumina_mgpt.generation.cli", "generate images from text prompts"),
     "pretokenize": ("lumina_mgpt.data.pretokenize_cli", "turn a data set into token shards for training"),
     "train": ("lumina_mgpt.training.cli", "train or fine-tune a model from a TOML recipe"),
@@ -34,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
         verb_parser.set_defaults(_module=module_name)
         _load(module_name).add_arguments(verb_parser)
+    _load("lumina_mgpt.generation.task_cli").add_task_commands(sub)  # edit, control, predict, caption, ask
     return parser
 
 

@@ -115,6 +115,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8,
                         help="images decoded together; each batch is written before the next starts (default: 8)")
     add_sampling_arguments(parser)
+    parser.add_argument("--rewrite", action="store_true",
+                        help="the model first rewrites each prompt as the caption it draws best, then draws the "
+                             "rewrite; the PNG metadata keeps both (needs a model trained for 'rewrite') "
+                             "(default: off)")
     add_output_arguments(parser, "outputs", "output folder, created when missing")
 
 
@@ -125,11 +129,13 @@ def run(args: argparse.Namespace) -> int:
     from lumina_mgpt.generation.checks import check_prompts
     from lumina_mgpt.generation.outputs import OutputFolder, file_slug
     from lumina_mgpt.generation.pipeline import Pipeline, load_options, plan_generation
-    from lumina_mgpt.model_folder import read_model_info
+    from lumina_mgpt.model_folder import REWRITE, read_model_info, require_task
 
     if args.prompts is not None:
         if args.prompt:
             raise GenerationError("give prompts as arguments or in a --prompts file, not both")
+        if args.rewrite:
+            raise GenerationError("--rewrite works with prompts given as arguments, not with a --prompts file")
         from lumina_mgpt.generation.batch_run import run_prompt_file
 
         return run_prompt_file(args)
@@ -140,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
     check_prompts(args.prompt)
     device, dtype = load_options(args.device, quant=args.quant)
     info = read_model_info(args.model, args.image_tokenizer)
+    if args.rewrite:
+        require_task(info.tasks, REWRITE)
     plan = plan_generation(
         info.layout, info.defaults, args.prompt, width=args.width, height=args.height, num_images=args.num_images,
         seed=args.seed, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
@@ -148,11 +156,15 @@ def run(args: argparse.Namespace) -> int:
     out = OutputFolder(args.out, overwrite=args.overwrite)
     print(f"loading model from {info.folder}", file=sys.stderr)
     pipe = Pipeline.from_model_info(info, device=device, dtype=dtype, quant=args.quant)
+    if args.rewrite:
+        plan = pipe.rewrite_plan(plan)
+        for asked, drawn in dict(zip(plan.requests, plan.prompts)).items():
+            print(f"rewrote {asked!r} as {drawn!r}", file=sys.stderr)
 
     digits = max(3, len(str(len(plan) - 1)))
     with tqdm(total=len(plan), desc="images", unit="img", file=sys.stderr) as bar:
         for i, image in enumerate(pipe.run_plan(plan)):
-            words = file_slug(plan.prompts[i])
+            words = file_slug((plan.requests or plan.prompts)[i])
             name = f"{i:0{digits}d}-{words + '-' if words else ''}seed{plan.seeds[i]}.png"
             path = out.save(image, name)
             bar.write(str(path), file=sys.stdout)  # clears the bars, prints on a line of its own, redraws them
