@@ -1,16 +1,18 @@
 """Build the embedded shapes model with the project's own pipeline, one resumable step at a time:
 
-1. render the data sets (48 px canvases for stage 1, the 64 px buckets for stage 2),
-2. train a byte-level BPE on the prompts,
-3. train the small VQ on crops of the renders,
-4. write the project assets (tokenizer.json, image_tokenizer/, lumina.json with the layout),
-5. `lumina pretokenize` each data set at its stage's target size,
-6. `lumina train recipes/shapes.toml` (stages of growing canvas size, as in FP-SFT),
+1. render the task world's training records (shapes/tasks.py): 64 px canvases (text to image,
+   captions, visual questions, rewrites) and 64x128 dual panels (editing, control, subject, maps),
+2. train a lower-casing byte-level BPE on their text,
+3. train the patch-local VQ image tokenizer on the task world's images (shapes/vq_images.py),
+4. write the project assets (tokenizer.json, image_tokenizer/, lumina.json with the layout and tasks),
+5. `lumina pretokenize` each group at its target size (64 for canvases, 96 for the dual panels),
+6. `lumina train recipes/shapes-multitask.toml`,
 7. export the final model, in bf16, into the package (src/lumina_mgpt/assets/shapes-model).
 
     python -m lumina_mgpt.shapes.build            # from the repository root; see --help
 
-Each step is skipped when its output exists, so a killed build continues where it stopped.
+Each step is skipped when its output exists, so a killed build continues where it stopped; on a new
+machine (no runs/ folder) it starts again from step 1.
 """
 
 from __future__ import annotations
@@ -23,11 +25,19 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
-RECIPE = REPO / "recipes" / "shapes.toml"
-WORK = REPO / "runs" / "shapes"  # the recipe's paths point here
-STAGE_DATA = {"data-48": ((48, 48),), "data-64": ((64, 64), (80, 48), (48, 80))}
-STAGE_TARGET = {"data-48": 48, "data-64": 64}
-BPE_VOCAB = 512
+RECIPE = REPO / "recipes" / "shapes-multitask.toml"
+WORK = REPO / "runs" / "multitask"  # the recipe's paths point here
+# Records per task. Canvas tasks pretokenize at 64 (64x64, 80x48, 48x80 are its buckets), dual panels
+# at 96 (64x128 is a bucket of 96, not of 64).
+SINGLE_COUNTS = {"text_to_image": 60000, "caption": 15000, "vqa": 25000, "rewrite": 20000}
+PANEL_COUNTS = {
+    "edit_recolor": 8000, "edit_move": 8000, "edit_add": 8000, "edit_remove": 8000,
+    "control_edges": 10000, "subject": 10000, "segmentation": 10000, "edges": 10000,
+}
+GROUPS = {"single": (SINGLE_COUNTS, 64), "panels": (PANEL_COUNTS, 96)}
+# The fixed dual-panel sentence and the size phrases repeat in every record: a vocabulary of 1,024
+# learns them as a few tokens each (512 spelled the panel sentence in ~126 tokens).
+BPE_VOCAB = 1024
 PIXELS_PER_INDICATOR = 16
 MAX_INDICATOR = 16  # 256 px: four times the largest canvas
 IMAGE_TOP_K = 128
@@ -35,70 +45,56 @@ IMAGE_TOP_K = 128
 # on v2 (best of CFG 2-3.5 x temperature 0.3-0.7: 0.840; CFG 3.5 scores 0.67; RESULTS.md has the grids).
 SAMPLING_CFG = 2.5
 SAMPLING_TEMPERATURE = 0.5
-VQ_IMAGES = 3000
-VQ_AUTOENCODER_WARMUP = 400
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def render_data(work: Path, counts: dict[str, int], seed: int) -> None:
-    from lumina_mgpt.shapes.dataset import RECORDS_FILE, write_dataset
+def render_data(work: Path, scale: float, seed: int) -> None:
+    from lumina_mgpt.shapes.task_dataset import RECORDS_FILE, write_task_dataset
 
-    for offset, (name, sizes) in enumerate(STAGE_DATA.items()):
-        if (work / name / RECORDS_FILE).is_file():
+    for offset, (name, (counts, _)) in enumerate(GROUPS.items()):
+        if (work / f"data-{name}" / RECORDS_FILE).is_file():
             continue
-        log(f"rendering {counts[name]} examples into {work / name}")
-        write_dataset(work / name, counts[name], seed=seed + offset, sizes=sizes)
+        scaled = {task: max(1, round(count * scale)) for task, count in counts.items()}
+        log(f"rendering {sum(scaled.values())} {name} records into {work / f'data-{name}'}")
+        write_task_dataset(work / f"data-{name}", scaled, seed=seed + offset)
+
+
+def record_texts(records_file: Path) -> list[str]:
+    """Every turn's text of a conversation-records file, images left out."""
+    from lumina_mgpt.formats import IMAGE_PLACEHOLDER
+
+    texts = []
+    for line in records_file.read_text().splitlines():
+        for turn in json.loads(line)["conversations"]:
+            texts.extend(piece for piece in turn["value"].split(IMAGE_PLACEHOLDER) if piece.strip())
+    return texts
 
 
 def train_text_tokenizer(work: Path) -> None:
-    from lumina_mgpt.formats import text_to_image_prompt
-    from lumina_mgpt.shapes.dataset import RECORDS_FILE
+    from lumina_mgpt.shapes.task_dataset import RECORDS_FILE
     from lumina_mgpt.text import TextTokenizer
 
     target = work / "assets" / "tokenizer.json"
     if target.is_file():
         return
-    log("training the BPE text tokenizer")
-    texts = []
-    for name, sizes in STAGE_DATA.items():
-        for i, line in enumerate((work / name / RECORDS_FILE).read_text().splitlines()):
-            width, height = sizes[i % len(sizes)]
-            texts.append(text_to_image_prompt(json.loads(line)["prompt"], width, height))
+    log("training the lower-casing BPE text tokenizer")
+    texts = [text for name in GROUPS for text in record_texts(work / f"data-{name}" / RECORDS_FILE)]
     target.parent.mkdir(parents=True, exist_ok=True)
-    TextTokenizer.train_bpe(texts, vocab_size=BPE_VOCAB).save(target)
+    TextTokenizer.train_bpe(texts, vocab_size=BPE_VOCAB, lowercase=True).save(target)
 
 
-def train_image_tokenizer(work: Path, steps: int, seed: int) -> None:
-    import torch
-
-    from lumina_mgpt.vision import ImageTokenizer
-    from lumina_mgpt.vision.config import preset
-    from lumina_mgpt.vision.data import folder_images
-    from lumina_mgpt.vision.pixels import images_to_tensor
-    from lumina_mgpt.vision.train import TrainSettings, VQTrainer
+def train_image_tokenizer(work: Path, seed: int) -> None:
+    from lumina_mgpt.shapes.vq_images import train_task_image_tokenizer
 
     target = work / "assets" / "image_tokenizer"
     if (target / "config.json").is_file() and not (work / "vq-run").exists():
         return
-    # Whole 48 px renders, not rescaled crops: objects sit on the world's grid exactly as they will
-    # when the language model's data is encoded, so the codebook is spent on patches that occur.
-    images = images_to_tensor(folder_images(work / "data-48" / "images")[:VQ_IMAGES])
-    run = work / "vq-run"
-    if (run / "trainer_state.pt").is_file():
-        trainer = VQTrainer.resume(run, images, steps=steps)
-    else:
-        torch.manual_seed(seed)
-        settings = TrainSettings(
-            steps=steps, batch_size=16, dead_code_window=50, autoencoder_warmup=VQ_AUTOENCODER_WARMUP, seed=seed
-        )
-        trainer = VQTrainer(ImageTokenizer(preset("shapes")), images, settings, run)
-    log(f"training the patch-local VQ image tokenizer for {steps} steps (from step {trainer.step})")
-    trainer.run()
-    ImageTokenizer.from_pretrained(run).save_pretrained(target)
-    shutil.rmtree(run)
+    log("training the patch-local VQ image tokenizer on the task world's images")
+    train_task_image_tokenizer(target, work / "vq-run", seed)
+    shutil.rmtree(work / "vq-run", ignore_errors=True)
 
 
 def write_project_metadata(work: Path) -> None:
@@ -126,14 +122,14 @@ def write_project_metadata(work: Path) -> None:
 def pretokenize_data(work: Path, seed: int) -> None:
     from lumina_mgpt.cli import main
 
-    for name, target_size in STAGE_TARGET.items():
-        out = work / f"tokens-{target_size}"
+    for name, (_, target_size) in GROUPS.items():
+        out = work / f"tokens-{name}"
         if (out / "manifest.json").is_file():
             continue
-        log(f"pretokenizing {name} at target size {target_size}")
+        log(f"pretokenizing the {name} records at target size {target_size}")
         code = main([
-            "pretokenize", str(work / name / "records.jsonl"), "--out", str(out), "--model",
-            str(work / "assets"), "--target-size", str(target_size), "--loss-mode", "image",
+            "pretokenize", str(work / f"data-{name}" / "records.jsonl"), "--out", str(out), "--model",
+            str(work / "assets"), "--target-size", str(target_size), "--loss-mode", "response",
             "--center-crop", "--seed", str(seed),
         ])
         if code:
@@ -173,9 +169,10 @@ def export(model_folder: Path, destination: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples-48", type=int, default=20000, help="stage-1 examples (48x48)")
-    parser.add_argument("--samples-64", type=int, default=60000, help="stage-2 examples (64x64, 80x48, 48x80)")
-    parser.add_argument("--vq-steps", type=int, default=3500, help="VQ training steps")
+    parser.add_argument(
+        "--data-scale", type=float, default=1.0,
+        help="multiply every task's record count (default: 1.0, 192,000 records; 0.01 for a smoke build)",
+    )
     parser.add_argument("--max-steps", type=int, help="stop training after this many steps (resume later)")
     parser.add_argument("--device", help="training device (default: CUDA when present)")
     parser.add_argument("--seed", type=int, default=0)
@@ -183,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    render_data(WORK, {"data-48": args.samples_48, "data-64": args.samples_64}, args.seed)
+    render_data(WORK, args.data_scale, args.seed)
     train_text_tokenizer(WORK)
-    train_image_tokenizer(WORK, args.vq_steps, args.seed)
+    train_image_tokenizer(WORK, args.seed)
     write_project_metadata(WORK)
     pretokenize_data(WORK, args.seed)
     final = train_model(args.device, args.max_steps)
