@@ -99,7 +99,9 @@ def train_image_tokenizer(work: Path, seed: int) -> None:
 
 def write_project_metadata(work: Path) -> None:
     from lumina_mgpt.formats import get_layout
-    from lumina_mgpt.model_folder import PROJECT_FILE, Defaults, write_project_file
+    from lumina_mgpt.model_folder import (
+        CAPTION, CONTROL, EDIT, PROJECT_FILE, REWRITE, SUBJECT, TEXT_TO_IMAGE, VQA, Defaults, write_project_file,
+    )
     from lumina_mgpt.text import TextTokenizer
     from lumina_mgpt.vision import ImageTokenizer
 
@@ -115,7 +117,9 @@ def write_project_metadata(work: Path) -> None:
     defaults = Defaults(
         image_top_k=IMAGE_TOP_K, text_top_k=10, temperature=SAMPLING_TEMPERATURE, cfg=SAMPLING_CFG, size=(64, 64)
     )
-    write_project_file(target.parent, layout, defaults)
+    # What the task world trains (shapes/tasks.py), under the Pipeline's task names.
+    tasks = (TEXT_TO_IMAGE, EDIT, CONTROL, SUBJECT, "segmentation", "edges", CAPTION, VQA, REWRITE)
+    write_project_file(target.parent, layout, defaults, tasks)
     log(f"layout: {layout.vocab_size} ids ({text.vocab_size} text, {layout.codebook_size} codes)")
 
 
