@@ -100,7 +100,16 @@ def train_image_tokenizer(work: Path, seed: int) -> None:
 def write_project_metadata(work: Path) -> None:
     from lumina_mgpt.formats import get_layout
     from lumina_mgpt.model_folder import (
-        CAPTION, CONTROL, EDIT, PROJECT_FILE, REWRITE, SUBJECT, TEXT_TO_IMAGE, VQA, Defaults, write_project_file,
+        CAPTION,
+        CONTROL,
+        EDIT,
+        PROJECT_FILE,
+        REWRITE,
+        SUBJECT,
+        TEXT_TO_IMAGE,
+        VQA,
+        Defaults,
+        write_project_file,
     )
     from lumina_mgpt.text import TextTokenizer
     from lumina_mgpt.vision import ImageTokenizer
