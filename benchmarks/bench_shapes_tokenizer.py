@@ -12,7 +12,9 @@ Everything is seeded and independent of thread count. For the tokenizer folder:
   score a perfect transformer could reach with this tokenizer. Dual-panel outputs are encoded as the whole
   panel (the condition above) and only the lower panel's code rows are decoded, as the API does;
 - PSNR of all those round trips (dB, [0, 1] scale, mean per image);
-- code usage: distinct codes among all images encoded, over the codebook size.
+- code usage: distinct codes among all images encoded, over the codebook size;
+- code stability: the share of codes that decode -> encode returns unchanged (a language model trained
+  on encoded images then reads back its own outputs as it wrote them).
 """
 
 from __future__ import annotations
@@ -42,12 +44,15 @@ BATCH = 64
 
 
 class RoundTrip:
-    """encode -> decode with one tokenizer, remembering the codes used and each image's PSNR."""
+    """encode -> decode with one tokenizer, remembering the codes used, each image's PSNR and how many
+    codes survive a second encoding."""
 
     def __init__(self, tokenizer: ImageTokenizer):
         self.tokenizer = tokenizer
         self.codes_used: set[int] = set()
         self.psnrs: list[float] = []
+        self.codes_seen = 0
+        self.codes_stable = 0
 
     def __call__(self, images: list[Image.Image], lower_rows_from: int = 0) -> list[Image.Image]:
         """Round trips of same-size images; with `lower_rows_from` > 0 only the code rows from there on
@@ -60,6 +65,8 @@ class RoundTrip:
             decoded = self.tokenizer.decode(codes)
             reference = pixels[:, :, lower_rows_from * self.tokenizer.downsample :]
             self.psnrs.extend(psnr(reference, decoded).tolist())
+            self.codes_seen += codes.numel()
+            self.codes_stable += int((self.tokenizer.encode(decoded) == codes).sum())
             outputs.extend(self.tokenizer.decode_to_pil(codes))
         return outputs
 
@@ -133,6 +140,7 @@ def measure(folder: Path, scenes: int, items: int, seed: int) -> dict:
         "psnr": float(np.mean(round_trip.psnrs)),
         "codes_used": len(round_trip.codes_used),
         "codebook_size": tokenizer.codebook_size,
+        "code_stability": round_trip.codes_stable / round_trip.codes_seen,
     }
 
 
@@ -148,7 +156,10 @@ def print_report(result: dict) -> None:
     for task, value in result["tasks"].items():
         print(f"| {task} | {value:.3f} |")
     usage = result["codes_used"] / result["codebook_size"]
-    print(f"PSNR {result['psnr']:.2f} dB; codes used {result['codes_used']} / {result['codebook_size']} ({usage:.1%})")
+    print(
+        f"PSNR {result['psnr']:.2f} dB; codes used {result['codes_used']} / {result['codebook_size']} ({usage:.1%}); "
+        f"codes stable through decode -> encode {result['code_stability']:.3f}"
+    )
     print(f"lowest color kept {result['min_color_kept']:.3f}; lowest task ceiling {result['min_task']:.3f}")
 
 

@@ -19,7 +19,8 @@ from lumina_mgpt.shapes.world import CANVAS_SIZES, PLAIN_BACKGROUND
 from lumina_mgpt.vision import ImageTokenizer
 from lumina_mgpt.vision.config import VQConfig, preset
 from lumina_mgpt.vision.data import distinct_patches
-from lumina_mgpt.vision.train import TrainSettings, VQTrainer
+from lumina_mgpt.vision.quantize import nearest_codes
+from lumina_mgpt.vision.train import TrainSettings, VQTrainer, keep_used_codes
 
 LOCAL = VQConfig(
     family="vq", block_out_channels=(32, 32), layers_per_block=1, latent_channels=4, embed_dim=4,
@@ -105,6 +106,29 @@ def test_a_local_tokenizer_trained_on_patches_codes_whole_images(tmp_path):
     assert len(set(codes.flatten().tolist())) == 4  # one code per distinct patch
     decoded = np.asarray(tokenizer.decode_to_pil(codes)[0], dtype=np.float64)
     assert np.abs(decoded - image).mean() < 25
+
+
+def test_keeping_the_used_codes_drops_the_others_and_changes_nothing_else(tmp_path):
+    torch.manual_seed(0)
+    tokenizer = ImageTokenizer(LOCAL).eval()
+    with torch.no_grad():  # codes spread over the latents of random pixels, as after training
+        latents = tokenizer.encode_latents(torch.rand(4, 3, 8, 8) * 2 - 1)
+        tokenizer.codebook.copy_(latents.permute(0, 2, 3, 1).reshape(-1, LOCAL.embed_dim))
+    pixels = torch.rand(3, 3, 4, 6) * 2 - 1
+    codes = tokenizer.encode(pixels)
+    used = torch.unique(codes)
+    assert 1 < used.numel() < LOCAL.codebook_size
+    pruned = keep_used_codes(tokenizer, pixels, batch_size=2)
+    assert pruned.codebook_size == used.numel()
+    renumbered = torch.searchsorted(used, codes)  # the kept codes in their old order
+    assert torch.equal(pruned.encode(pixels), renumbered)
+    torch.testing.assert_close(pruned.decode(renumbered), tokenizer.decode(codes), rtol=0, atol=0)
+    # A latent whose nearest code was dropped goes to its nearest kept one.
+    other = torch.rand(2, 3, 4, 6) * 2 - 1
+    expected = nearest_codes(tokenizer.encode_latents(other), tokenizer.codebook[used])
+    assert torch.equal(pruned.encode(other), expected)
+    pruned.save_pretrained(tmp_path)
+    assert ImageTokenizer.from_pretrained(tmp_path).config.codebook_size == used.numel()
 
 
 def test_training_canvases_cover_every_source_deterministically():

@@ -248,3 +248,21 @@ def _check_crop_sets(crop_sets: list[torch.Tensor]) -> list[torch.Tensor]:
                 f"training crops must be a non-empty float tensor (N, 3, H, W), got {crops.dtype} {tuple(crops.shape)}"
             )
     return crop_sets
+
+
+@torch.no_grad()
+def keep_used_codes(tokenizer: ImageTokenizer, pixels: torch.Tensor, batch_size: int = 1024) -> ImageTokenizer:
+    """A copy of `tokenizer` whose codebook holds only the codes that `pixels` (N, 3, H, W) encode to,
+    in their original order.
+
+    After training on a finite world, the codes its images never use sit next to used ones (dead-code
+    revival and k-means with more centroids than distinct latents put them there): a decoded image,
+    encoded again, falls into them by a hair and comes back with codes a language model never saw.
+    Without them every latent goes to a code the data uses, and the vocabulary is what is used."""
+    batches = range(0, len(pixels), batch_size)
+    used = torch.unique(torch.cat([tokenizer.encode(pixels[i : i + batch_size]).flatten() for i in batches]))
+    pruned = ImageTokenizer(dataclasses.replace(tokenizer.config, codebook_size=int(used.numel())))
+    state = tokenizer.model.state_dict()
+    state["quantize.embedding.weight"] = tokenizer.codebook[used].detach().clone()
+    pruned.model.load_state_dict(state)
+    return pruned.eval()
