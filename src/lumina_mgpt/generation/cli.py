@@ -82,6 +82,63 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SJD draft tokens verified per forward; implies --sjd (default: 16)")
 
 
+def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
+    """Best-of-N with verifiers and thinking before generation (generate, eval shapes, eval tasks)."""
+    parser.add_argument("--best-of", type=int, default=1, metavar="N",
+                        help="draw N candidates of each image in one batch and keep the one the verifiers rank "
+                             "first; candidate j of the image of seed s uses seed s*N+j (default: 1)")
+    parser.add_argument("--verifier", action="append", metavar="V",
+                        help="repeatable; how candidates are scored: self (the model's own yes/no judgement, needs "
+                             "a model trained for vqa or chat), python:module:function ((images, prompt) -> scores) "
+                             "or http:URL (POST JSON); several are combined by mean rank; with --best-of 1 every "
+                             "image is just scored (default: none; --best-of above 1 needs one)")
+    parser.add_argument("--think", metavar="T",
+                        help="refine each prompt before drawing it: self (the model rewrites it; needs 'rewrite') or "
+                             "the URL of an OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1); a failing endpoint "
+                             "leaves the prompt as asked, with a warning (default: none)")
+    parser.add_argument("--think-model", metavar="NAME",
+                        help="with --think URL: the model name sent to the endpoint (default: none, not sent)")
+    parser.add_argument("--think-key", metavar="KEY",
+                        help="with --think URL: the API key, sent as a Bearer token (default: the environment's "
+                             "LUMINA_THINK_API_KEY, else none)")
+    parser.add_argument("--think-max-tokens", type=int, default=1024, metavar="N",
+                        help="with --think URL: the most tokens the analysis may take (default: 1024)")
+    parser.add_argument("--think-timeout", type=float, default=60.0, metavar="S",
+                        help="with --think URL: seconds to wait for the endpoint before drawing the prompt as asked "
+                             "(default: 60)")
+
+
+def quality_options(args: argparse.Namespace, tasks) -> dict:
+    """The best_of, verifier and think arguments of `Pipeline.generate` the quality options ask for, checked
+    against the model's `tasks` (before it loads): python: verifiers are imported here."""
+    from lumina_mgpt.errors import GenerationError
+    from lumina_mgpt.generation.best_of import check_best_of
+    from lumina_mgpt.generation.thinking import SELF, ChatThinker, check_think_spec
+    from lumina_mgpt.generation.verifiers import PYTHON_PREFIX, check_verifier_spec, load_python_verifier
+    from lumina_mgpt.model_folder import CHAT, REWRITE, VQA, require_task
+
+    best_of = check_best_of(args.best_of)
+    verifiers = [check_verifier_spec(spec) for spec in args.verifier or ()]
+    if best_of > 1 and not verifiers:
+        raise GenerationError(f"--best-of {best_of} needs a --verifier to choose with: self, python:module:function "
+                              f"or http:URL")
+    for spec in verifiers:
+        if spec == "self":
+            require_task(tasks, VQA, CHAT)
+        elif spec.startswith(PYTHON_PREFIX):
+            load_python_verifier(spec)
+    think = None if args.think is None else check_think_spec(args.think)
+    if think == SELF:
+        require_task(tasks, REWRITE)
+    elif think is not None:
+        if not args.think_timeout > 0:
+            raise GenerationError(f"--think-timeout must be a number of seconds > 0, got {args.think_timeout}")
+        think = ChatThinker(think, model=args.think_model, api_key=args.think_key, timeout_s=args.think_timeout,
+                            max_tokens=args.think_max_tokens)
+    options = {"best_of": best_of, "verifier": verifiers} if verifiers else {}
+    return options if think is None else {**options, "think": think}
+
+
 def add_output_arguments(parser: argparse.ArgumentParser, default: str, what: str) -> None:
     """--out and --overwrite."""
     parser.add_argument("--out", default=default, help=f"{what} (default: {default})")
@@ -117,8 +174,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampling_arguments(parser)
     parser.add_argument("--rewrite", action="store_true",
                         help="the model first rewrites each prompt as the caption it draws best, then draws the "
-                             "rewrite; the PNG metadata keeps both (needs a model trained for 'rewrite') "
-                             "(default: off)")
+                             "rewrite; the PNG metadata keeps both (needs a model trained for 'rewrite'); the same "
+                             "as --think self (default: off)")
+    add_quality_arguments(parser)
+    parser.add_argument("--keep-candidates", action="store_true",
+                        help="with --best-of: also write every candidate, NAME-candidateJ-seedS.png, each with its "
+                             "scores in the metadata (default: only the chosen image)")
     add_output_arguments(parser, "outputs", "output folder, created when missing")
 
 
@@ -129,13 +190,16 @@ def run(args: argparse.Namespace) -> int:
     from lumina_mgpt.generation.checks import check_prompts
     from lumina_mgpt.generation.outputs import OutputFolder, file_slug
     from lumina_mgpt.generation.pipeline import Pipeline, load_options, plan_generation
-    from lumina_mgpt.model_folder import REWRITE, read_model_info, require_task
+    from lumina_mgpt.model_folder import read_model_info
 
     if args.prompts is not None:
         if args.prompt:
             raise GenerationError("give prompts as arguments or in a --prompts file, not both")
         if args.rewrite:
             raise GenerationError("--rewrite works with prompts given as arguments, not with a --prompts file")
+        if args.best_of != 1 or args.verifier or args.think is not None:
+            raise GenerationError("--best-of, --verifier and --think work with prompts given as arguments, not with "
+                                  "a --prompts file")
         from lumina_mgpt.generation.batch_run import run_prompt_file
 
         return run_prompt_file(args)
@@ -147,7 +211,12 @@ def run(args: argparse.Namespace) -> int:
     device, dtype = load_options(args.device, quant=args.quant)
     info = read_model_info(args.model, args.image_tokenizer)
     if args.rewrite:
-        require_task(info.tasks, REWRITE)
+        if args.think is not None:
+            raise GenerationError(f"--rewrite is --think self; give one of them, not both (--think {args.think})")
+        args.think = "self"
+    quality = quality_options(args, info.tasks)
+    if args.keep_candidates and "best_of" not in quality:
+        raise GenerationError("--keep-candidates writes the candidates of --best-of; add --best-of N --verifier V")
     plan = plan_generation(
         info.layout, info.defaults, args.prompt, width=args.width, height=args.height, num_images=args.num_images,
         seed=args.seed, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
@@ -156,17 +225,35 @@ def run(args: argparse.Namespace) -> int:
     out = OutputFolder(args.out, overwrite=args.overwrite)
     print(f"loading model from {info.folder}", file=sys.stderr)
     pipe = Pipeline.from_model_info(info, device=device, dtype=dtype, quant=args.quant)
-    if args.rewrite:
-        plan = pipe.rewrite_plan(plan)
+    if "think" in quality:
+        plan = pipe.think_plan(plan, quality["think"])
         for asked, drawn in dict(zip(plan.requests, plan.prompts)).items():
             print(f"rewrote {asked!r} as {drawn!r}", file=sys.stderr)
 
     digits = max(3, len(str(len(plan) - 1)))
+    if "best_of" in quality:
+        images = pipe.iter_best_of(plan, quality["best_of"], quality["verifier"])
+    else:
+        images = pipe.run_plan(plan)
     with tqdm(total=len(plan), desc="images", unit="img", file=sys.stderr) as bar:
-        for i, image in enumerate(pipe.run_plan(plan)):
+        for i, image in enumerate(images):
             words = file_slug((plan.requests or plan.prompts)[i])
-            name = f"{i:0{digits}d}-{words + '-' if words else ''}seed{plan.seeds[i]}.png"
-            path = out.save(image, name)
+            stem = f"{i:0{digits}d}-{words + '-' if words else ''}seed{plan.seeds[i]}"
+            if "best_of" in quality:
+                _report_choice(image, stem, bar)
+                if args.keep_candidates:
+                    for j, candidate in enumerate(image.candidates):
+                        seed = json.loads(candidate.info["parameters"])["seed"]
+                        out.save(candidate, f"{stem}-candidate{j}-seed{seed}.png")
+                image = image.image
+            path = out.save(image, f"{stem}.png")
             bar.write(str(path), file=sys.stdout)  # clears the bars, prints on a line of its own, redraws them
             bar.update()
     return 0
+
+
+def _report_choice(result, stem: str, bar) -> None:
+    """One stderr line per image of best-of-N: each candidate's mean rank, the chosen one marked."""
+    table = json.loads(result.image.info["parameters"])["best_of"]["candidates"]
+    ranks = " ".join(f"{'*' if j == result.chosen else ''}{row['mean_rank']:g}" for j, row in enumerate(table))
+    bar.write(f"{stem}: kept candidate {result.chosen} of {len(table)} (mean ranks: {ranks})", file=sys.stderr)

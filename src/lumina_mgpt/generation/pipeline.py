@@ -9,7 +9,8 @@
     output.images                                  # diffusers-style: output_type "pil", "np" or "codes"
     pipe.edit(image, "make the red circle blue")   # the other tasks, where the model's lumina.json lists them:
     pipe.control(edge_map, "edges", "a red circle")    # control, subject, predict, caption, ask, rewrite
-    pipe.generate(["draw me a RED circle please"], rewrite=True)   # the model rewrites the request first
+    pipe.generate(["draw me a RED circle please"], think="self")   # the model rewrites the request first
+    pipe.generate(["a red circle"], best_of=8, verifier="self")    # 8 candidates, the model's own judge keeps one
 
 Model folders (project, official, hub ids, the embedded model) are read by `lumina_mgpt.model_folder`.
 
@@ -38,6 +39,7 @@ from lumina_mgpt.formats import (
     parse,
     text_to_image_prompt,
 )
+from lumina_mgpt.generation.best_of import BestOf, candidate_seeds, check_best_of, choose
 from lumina_mgpt.generation.checks import (
     check_cfg,
     check_image_dimensions,
@@ -60,6 +62,9 @@ from lumina_mgpt.generation.tasks import (
     request_fields,
     task_defaults,
 )
+from lumina_mgpt.generation.thinking import SELF as SELF_THINKING
+from lumina_mgpt.generation.thinking import ChatThinker, check_think_spec
+from lumina_mgpt.generation.verifiers import load_verifiers
 from lumina_mgpt.model_folder import (
     CAPTION,
     CHAT,
@@ -101,7 +106,8 @@ class PipelineOutput:
 @dataclass(frozen=True)
 class GenerationPlan:
     """A checked text-to-image request: `prompts` and `seeds` hold one entry per image, prompt-major;
-    `requests`, when the prompts are the model's rewrites (`Pipeline.rewrite_plan`), what was asked."""
+    `requests`, when the prompts are refined ones (`Pipeline.think_plan`), what was asked, and `thinking` one
+    metadata object per image saying who refined it and how (thinking.Thought.metadata)."""
 
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -111,6 +117,7 @@ class GenerationPlan:
     batch_size: int
     sjd_window: int | None
     requests: tuple[str, ...] | None = None
+    thinking: tuple[dict, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -388,9 +395,9 @@ class Pipeline:
                 continue
             pictures = self.image_tokenizer.decode_to_pil(codes)
             for index, prompt, image_seed, picture in zip(indices, prompts, seeds, pictures):
-                # A rewritten prompt keeps the request it came from: both are in the metadata.
+                # A refined prompt keeps the request it came from: both are in the metadata, with how it was refined.
                 asked = {"prompt": prompt} if plan.requests is None else {
-                    "prompt": plan.requests[index], "rewritten_prompt": prompt
+                    "prompt": plan.requests[index], "rewritten_prompt": prompt, "thinking": plan.thinking[index]
                 }
                 picture.info["parameters"] = image_parameters(
                     asked, plan.width, plan.height, image_seed, plan.settings, plan.sjd_window, self.layout
@@ -414,20 +421,68 @@ class Pipeline:
         progress: bool = True,
         sjd_window: int | None = None,
         rewrite: bool = False,
+        best_of: int = 1,
+        verifier: object = None,
+        think: str | ChatThinker | None = None,
     ) -> Iterator[Image.Image]:
         """`generate`, yielding each image as soon as its batch is decoded (one batch in memory). The
-        arguments are checked when this is called, before the first image is asked for (with `rewrite`,
-        the prompts are rewritten then too)."""
+        arguments (verifiers and thinkers included) are checked when this is called, before the first image is
+        asked for; with `think`, the prompts are refined then too."""
         if rewrite:
+            if think is not None:
+                raise GenerationError(f"rewrite=True is think='self'; give one of them, not both (think={think!r})")
+            think = SELF_THINKING
+        if think is not None and not isinstance(think, ChatThinker) and check_think_spec(think) == SELF_THINKING:
             require_task(self.tasks, REWRITE)
+        choosing = best_of != 1 or verifier is not None
+        if choosing:
+            check_best_of(best_of)
+            load_verifiers(verifier, self)  # refused now, before any compute
+            if on_row is not None:
+                raise GenerationError("on_row reports the rows of one decoded batch; best-of-N has none: drop on_row")
         plan = self.plan(
             prompts, width=width, height=height, num_images=num_images, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
             temperature=temperature, cfg_schedule=cfg_schedule, batch_size=batch_size, sjd_window=sjd_window,
         )
-        if rewrite:
-            plan = self.rewrite_plan(plan)
+        if think is not None:
+            plan = self.think_plan(plan, think)
+        if choosing:
+            return (result.image for result in self.iter_best_of(plan, best_of, verifier, progress=progress))
         return self.run_plan(plan, on_row=None if on_row is None else (lambda _, row, codes: on_row(row, codes)),
                              progress=progress)
+
+    def iter_best_of(
+        self, plan: GenerationPlan, best_of: int, verifier: object, progress: bool = True
+    ) -> Iterator[BestOf]:
+        """Best-of-N over a plan: for each of its images, `best_of` candidates decoded in ONE engine call
+        (with the plan's settings, SJD included), scored by `verifier` and ranked (see generation/best_of.py
+        for the candidate seeds and the metadata; verifiers.py for the verifiers). `verifier`: a spec ("self",
+        "python:module:function", "http:URL"), a callable (images, prompt) -> scores, or a list of them,
+        combined by mean rank. Each engine call decodes the candidates of max(1, batch_size // best_of)
+        images. The verifiers judge the prompt drawn (the refined one after thinking). Yields one BestOf per
+        image of the plan, in order; checks everything before the first engine call."""
+        self._require(TEXT_TO_IMAGE)
+        best_of = check_best_of(best_of)
+        verifiers = load_verifiers(verifier, self)
+        seeds = [seed for image_seed in plan.seeds for seed in candidate_seeds(image_seed, best_of)]
+
+        def each(values):
+            return None if values is None else tuple(value for value in values for _ in range(best_of))
+
+        candidates = replace(
+            plan, prompts=each(plan.prompts), seeds=tuple(seeds), requests=each(plan.requests),
+            thinking=each(plan.thinking), batch_size=max(1, plan.batch_size // best_of) * best_of,
+        )
+        return self._choose_best(candidates, best_of, verifiers, progress)
+
+    def _choose_best(self, candidates: GenerationPlan, best_of: int, verifiers, progress: bool) -> Iterator[BestOf]:
+        group: list[Image.Image] = []
+        for index, image in enumerate(self._run_plan(candidates, "pil", None, progress)):
+            group.append(image)
+            if len(group) == best_of:
+                first = index + 1 - best_of
+                yield choose(group, candidates.prompts[index], candidates.seeds[first: index + 1], verifiers)
+                group = []
 
     def generate(
         self,
@@ -446,6 +501,9 @@ class Pipeline:
         progress: bool = True,
         sjd_window: int | None = None,
         rewrite: bool = False,
+        best_of: int = 1,
+        verifier: object = None,
+        think: str | ChatThinker | None = None,
     ) -> list[Image.Image]:
         """Text to image. Returns num_images images per prompt, prompt-major.
 
@@ -457,14 +515,16 @@ class Pipeline:
         `sjd_window=L` (16 is usual) decodes with speculative Jacobi decoding: the same distribution of
         images in fewer forwards, though not the same image for a seed as plain decoding. Each image
         carries its prompt and settings in `image.info["parameters"]` (JSON), which `save_png` writes
-        into the PNG's text metadata. `rewrite=True` (a model trained for "rewrite") has the model rewrite
-        each prompt first (`rewrite_plan`) and draws the rewrite; the metadata keeps both.
+        into the PNG's text metadata. `think` refines each prompt before drawing it (`think_plan`): "self" (a
+        model trained for "rewrite"; `rewrite=True` is the same) or the URL of an OpenAI-compatible chat API;
+        the metadata keeps both prompts. `best_of=N` with `verifier` draws N candidates per image and returns
+        the one the verifiers rank first (`iter_best_of`); a verifier with best_of=1 scores every image.
         Bad arguments raise GenerationError (FormatError for unrepresentable sizes) before any compute.
         """
         return list(self.iter_generate(
             prompts, width=width, height=height, num_images=num_images, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
             temperature=temperature, cfg_schedule=cfg_schedule, batch_size=batch_size, on_row=on_row, progress=progress,
-            sjd_window=sjd_window, rewrite=rewrite,
+            sjd_window=sjd_window, rewrite=rewrite, best_of=best_of, verifier=verifier, think=think,
         ))
 
     def __call__(
@@ -674,7 +734,26 @@ class Pipeline:
         asked = plan.prompts if plan.requests is None else plan.requests
         distinct = list(dict.fromkeys(asked))
         rewritten = dict(zip(distinct, self.run_text_tasks([TaskRequest(REWRITE, p) for p in distinct])))
-        return replace(plan, prompts=tuple(rewritten[p] for p in asked), requests=tuple(asked))
+        return replace(
+            plan, prompts=tuple(rewritten[p] for p in asked), requests=tuple(asked),
+            thinking=({"by": SELF_THINKING},) * len(asked),
+        )
+
+    def think_plan(self, plan: GenerationPlan, think: str | ChatThinker) -> GenerationPlan:
+        """`plan` drawing a refined prompt for each of its prompts (each distinct prompt refined once): by the
+        model itself (think="self": `rewrite_plan`) or by an OpenAI-compatible chat endpoint (its URL, or a
+        configured `thinking.ChatThinker`), whose failures leave the prompt as asked, with a warning on stderr.
+        The images' metadata keep the prompt asked, the one drawn and the thinking (reasoning or failure)."""
+        if not isinstance(think, ChatThinker):
+            if check_think_spec(think) == SELF_THINKING:
+                return self.rewrite_plan(plan)
+            think = ChatThinker(think)
+        asked = plan.prompts if plan.requests is None else plan.requests
+        thoughts = {prompt: think.think(prompt) for prompt in dict.fromkeys(asked)}
+        return replace(
+            plan, prompts=tuple(thoughts[p].prompt for p in asked), requests=tuple(asked),
+            thinking=tuple(thoughts[p].metadata() for p in asked),
+        )
 
     def _require(self, task: str) -> None:
         require_task(self.tasks, task)

@@ -1,0 +1,258 @@
+"""Best-of-N with verifiers on a tiny random model with the embedded model's tokenizers: the candidates of an
+image decode in one engine call with documented seeds, the verifier's favourite is returned with every score in
+its metadata, ranks combine by their mean, bad verifiers are refused clearly, and the self verifier's score is
+the yes/no softmax of one forward. A random model learned nothing: these tests check mechanics, not quality."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_tasks_api import PROJECT_TASKS, tiny_task_pipeline
+
+from lumina_mgpt.errors import GenerationError
+from lumina_mgpt.formats import encode_generation_prompt
+from lumina_mgpt.generation.best_of import candidate_seeds, choose
+from lumina_mgpt.generation.pipeline import Pipeline
+from lumina_mgpt.generation.verifiers import (
+    HttpVerifier,
+    SelfVerifier,
+    check_verifier_spec,
+    combine_ranks,
+    load_verifiers,
+    ranks,
+)
+from lumina_mgpt.shapes.tasks import PANEL, VQA_TEMPLATES, training_record
+
+SIZE = 32
+REDDEST = "python:test_best_of:redness"
+
+
+def redness(images, prompt):
+    """A python: verifier: the mean of red minus the other channels."""
+    return [float((np.asarray(image, dtype=np.float64) @ np.array([1.0, -0.5, -0.5])).mean()) for image in images]
+
+
+@pytest.fixture(scope="module")
+def pipe(one_thread):
+    return tiny_task_pipeline()
+
+
+@pytest.fixture
+def image_calls(pipe, monkeypatch):
+    """The number of prompts of every engine.generate_images call."""
+    calls = []
+    original = pipe.engine.generate_images
+
+    def counted(prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return original(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.engine, "generate_images", counted)
+    return calls
+
+
+def plain(pipe, prompt, seeds):
+    return pipe.generate([prompt], width=SIZE, height=SIZE, num_images=len(seeds), seed=list(seeds), progress=False)
+
+
+def test_candidates_decode_in_one_call_and_the_verifiers_favourite_is_returned(pipe, image_calls):
+    (chosen,) = pipe.generate(
+        "a red circle", width=SIZE, height=SIZE, seed=3, best_of=4, verifier=REDDEST, progress=False
+    )
+    assert image_calls == [4]  # the four candidates of the image: one engine call
+    candidates = plain(pipe, "a red circle", candidate_seeds(3, 4))
+    assert candidate_seeds(3, 4) == [12, 13, 14, 15]
+    scores = redness(candidates, "a red circle")
+    best = int(np.argmax(scores))
+    np.testing.assert_array_equal(np.asarray(chosen), np.asarray(candidates[best]))
+    meta = json.loads(chosen.info["parameters"])
+    assert meta["prompt"] == "a red circle" and meta["seed"] == 12 + best
+    record = meta["best_of"]
+    assert (record["n"], record["chosen"], record["candidate"], record["verifiers"]) == (4, best, best, [REDDEST])
+    assert [row["seed"] for row in record["candidates"]] == [12, 13, 14, 15]
+    np.testing.assert_allclose([row["scores"][REDDEST] for row in record["candidates"]], scores)
+    assert [row["mean_rank"] for row in record["candidates"]] == ranks(scores)
+
+
+def test_batches_hold_whole_candidate_groups_and_best_of_one_is_the_plain_image(pipe, image_calls):
+    images = pipe.generate(
+        ["a", "b", "c"], width=SIZE, height=SIZE, best_of=2, verifier=REDDEST, batch_size=4, progress=False
+    )
+    assert len(images) == 3 and image_calls == [4, 2]  # two images' candidates, then the third's
+    (scored,) = pipe.generate("a", width=SIZE, height=SIZE, seed=5, verifier=REDDEST, progress=False)
+    np.testing.assert_array_equal(np.asarray(scored), np.asarray(plain(pipe, "a", [5])[0]))
+    assert json.loads(scored.info["parameters"])["best_of"]["n"] == 1
+
+
+def test_keep_candidates_writes_every_candidate_with_its_scores(pipe, tmp_path, monkeypatch, capsys):
+    from lumina_mgpt.cli import main
+
+    monkeypatch.setattr(Pipeline, "from_model_info", classmethod(lambda cls, info, **kwargs: pipe))
+    out = tmp_path / "out"
+    args = [
+        "generate",
+        "a red circle",
+        "--best-of",
+        "3",
+        "--verifier",
+        REDDEST,
+        "--keep-candidates",
+        "--width",
+        str(SIZE),
+        "--height",
+        str(SIZE),
+        "--seed",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    assert "kept candidate" in capsys.readouterr().err
+    names = sorted(path.name for path in out.iterdir())
+    assert names == [
+        "000-a-red-circle-seed2-candidate0-seed6.png",
+        "000-a-red-circle-seed2-candidate1-seed7.png",
+        "000-a-red-circle-seed2-candidate2-seed8.png",
+        "000-a-red-circle-seed2.png",
+    ]
+    kept = json.loads(Image.open(out / names[-1]).text["parameters"])["best_of"]
+    chosen = Image.open(out / names[kept["chosen"]])
+    np.testing.assert_array_equal(np.asarray(chosen), np.asarray(Image.open(out / names[-1])))
+
+
+def test_mean_rank_combines_verifiers_on_hand_made_scores():
+    first, second = [0.9, 0.1, 0.5, 0.7], [10.0, 30.0, 20.0, 40.0]
+    assert ranks(first) == [1, 4, 3, 2] and ranks(second) == [4, 2, 3, 1]
+    assert combine_ranks([first, second]) == [2.5, 3.0, 3.0, 1.5]
+    assert ranks([1.0, 1.0, 0.0]) == [1.5, 1.5, 3.0]  # ties share their mean rank
+    images = [Image.new("RGB", (4, 4), (i, 0, 0)) for i in range(4)]
+    verifiers = [("a", lambda _images, _prompt: first), ("b", lambda _images, _prompt: second)]
+    result = choose(images, "x", [0, 1, 2, 3], verifiers)
+    assert result.chosen == 3 and result.image is images[3]
+    table = json.loads(images[0].info["parameters"])["best_of"]["candidates"]
+    assert [row["mean_rank"] for row in table] == [2.5, 3.0, 3.0, 1.5]
+    assert table[1]["scores"] == {"a": 0.1, "b": 30.0}
+    # A tie in mean rank goes to the first candidate (the lowest seed).
+    assert choose(images[:2], "x", [0, 1], [("c", lambda _i, _p: [2.0, 2.0])]).chosen == 0
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("clip", "unknown verifier 'clip'; accepted: 'self', 'python:module:function' or 'http:URL'"),
+    ("python:nofunction", "must name a callable as python:module:function"),
+    ("http:ftp://host/score", "must be http: followed by an http:// or https:// URL"),
+    ("python:no_such_module_xyz:score", "cannot import module 'no_such_module_xyz'"),
+    ("python:json:no_such_function", "module 'json' has no callable 'no_such_function'"),
+])  # fmt: skip
+def test_bad_verifier_specs_are_refused(spec, message):
+    with pytest.raises(GenerationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_verifiers(spec)
+
+
+def test_bad_verifier_answers_and_requests_are_refused_before_compute(pipe, image_calls):
+    images = [Image.new("RGB", (4, 4))] * 3
+    with pytest.raises(GenerationError, match="verifier short returned 2 scores for 3 images"):
+        choose(images, "x", [0, 1, 2], [("short", lambda _i, _p: [1.0, 2.0])])
+    with pytest.raises(GenerationError, match="not a finite number"):
+        choose(images, "x", [0, 1, 2], [("nan", lambda _i, _p: [1.0, float("nan"), 0.0])])
+    with pytest.raises(GenerationError, match="best-of-N needs at least one verifier"):
+        pipe.generate("a", best_of=2, progress=False)
+    with pytest.raises(GenerationError, match="best_of must be an integer from 1 to 256"):
+        pipe.generate("a", best_of=0, verifier=REDDEST, progress=False)
+    with pytest.raises(GenerationError, match="with best_of 4 needs candidate seeds up to"):
+        pipe.generate("a", seed=2**62, best_of=4, verifier=REDDEST, progress=False)
+    assert check_verifier_spec("http:https://scores.example/v1") == "http:https://scores.example/v1"
+    assert image_calls == []
+
+
+class _ScoreHandler(http.server.BaseHTTPRequestHandler):
+    delay_s = 0.0
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        time.sleep(self.delay_s)
+        answer = json.dumps({"scores": [float(len(image)) for image in body["images"]]}).encode()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(answer)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up waiting: the timeout test
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def score_server():
+    servers = []
+
+    def start(delay_s):
+        handler = type("Handler", (_ScoreHandler,), {"delay_s": delay_s})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}/score"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_verifier_scores_and_times_out_clearly(score_server):
+    images = [Image.new("RGB", (8, 8), (255, 0, 0)), Image.effect_noise((8, 8), 60).convert("RGB")]
+    scores = HttpVerifier(score_server(0.0))(images, "x")
+    assert len(scores) == 2 and scores[1] > scores[0]  # noise compresses worse: a longer PNG
+    slow = HttpVerifier(score_server(2.0), timeout_s=0.2)
+    with pytest.raises(GenerationError, match=r"verifier http:http://127\.0\.0\.1:\d+/score did not answer .*timeout"):
+        slow(images, "x")
+
+
+def hand_score(pipe: Pipeline, image: Image.Image, prompt: str) -> float:
+    """P(yes) / (P(yes) + P(no)) from a full forward over the training-style VQA prompt, written out here."""
+    question = VQA_TEMPLATES["yes_no"][0].format(caption=prompt)
+    grid = pipe.image_tokenizer.encode([image.convert("RGB").resize(PANEL, resample=Image.BICUBIC)])[0].numpy()
+    ids = encode_generation_prompt([f"{question} <|image|>"], [grid], pipe.text_tokenizer, pipe.layout)
+    with torch.no_grad():
+        logits = pipe.model(torch.as_tensor(ids)[None])[0, -1]
+    yes, no = pipe.text_tokenizer.encode("yes")[0], pipe.text_tokenizer.encode("no")[0]
+    return torch.softmax(logits[[yes, no]], dim=-1)[0].item()
+
+
+def test_self_verifier_is_the_yes_no_softmax_of_one_batched_forward(pipe, monkeypatch):
+    images = [training_record("vqa", 3, i).images[0] for i in range(3)]
+    images.append(Image.effect_noise((80, 48), 50).convert("RGB"))  # another aspect: stretched onto the panel
+    prompt = "a red circle above a blue square."
+    verifier = SelfVerifier(pipe)
+    calls = []
+    original = pipe.engine.generate_text
+
+    def counted(prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return original(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.engine, "generate_text", counted)
+    batched = verifier(images, prompt)
+    assert calls == [4]
+    expected = [hand_score(pipe, image, "a red circle above a blue square") for image in images]
+    np.testing.assert_allclose(batched, expected, rtol=1e-4, atol=1e-6)
+    alone = [verifier([image], prompt)[0] for image in images]
+    np.testing.assert_allclose(batched, alone, rtol=1e-4, atol=1e-6)
+    assert all(0.0 < score < 1.0 for score in batched)
+
+
+def test_self_verifier_needs_a_model_that_answers_questions(pipe):
+    drawing_only = Pipeline(
+        pipe.model, pipe.text_tokenizer, pipe.image_tokenizer, pipe.layout, pipe.defaults, tasks=("text-to-image",)
+    )
+    with pytest.raises(GenerationError, match="not trained for 'vqa'"):
+        drawing_only.generate("a", best_of=2, verifier="self", progress=False)
+    assert "vqa" in PROJECT_TASKS
