@@ -9,6 +9,7 @@ import http.server
 import json
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -256,3 +257,32 @@ def test_self_verifier_needs_a_model_that_answers_questions(pipe):
     with pytest.raises(GenerationError, match="not trained for 'vqa'"):
         drawing_only.generate("a", best_of=2, verifier="self", progress=False)
     assert "vqa" in PROJECT_TASKS
+
+
+def test_eval_shapes_and_tasks_choose_among_candidates(pipe, image_calls, monkeypatch, tmp_path, capsys):
+    from lumina_mgpt.cli import main
+
+    monkeypatch.setattr(Pipeline, "from_model_info", classmethod(lambda cls, info, **kwargs: pipe))
+    assert main(["eval", "shapes", "--limit", "6", "--best-of", "2", "--verifier", REDDEST]) == 0
+    assert f"choice: best of 2 by {REDDEST} (mean rank); thinking: none" in capsys.readouterr().out
+    assert sum(image_calls) == 12 and all(calls % 2 == 0 for calls in image_calls)  # 6 prompts, 2 candidates each
+    image_calls.clear()
+    report = tmp_path / "tasks.json"
+    argv = ["eval", "tasks", "--task", "text_to_image", "--limit", "2", "--best-of", "2", "--verifier", "self",
+            "--verifier", REDDEST, "--think", "self", "--out", str(report)]  # fmt: skip
+    from lumina_mgpt import model_folder
+
+    embedded = model_folder.read_model_info(None)  # announced as the multi-task model the tiny pipe stands for
+    monkeypatch.setattr(model_folder, "read_model_info", lambda *args: replace(embedded, tasks=PROJECT_TASKS))
+    assert main(argv) == 0
+    assert f"text-to-image choice: best of 2 by self + {REDDEST}" in capsys.readouterr().out
+    assert sum(image_calls) == 4
+    header = json.loads(report.read_text())
+    assert (header["best_of"], header["verifiers"], header["think"]) == (2, ["self", REDDEST], "self")
+
+
+def test_eval_refuses_quality_options_on_ground_truth(capsys):
+    from lumina_mgpt.cli import main
+
+    assert main(["eval", "shapes", "--ground-truth", "--best-of", "2", "--verifier", REDDEST]) == 2
+    assert "--best-of, --verifier and --think need a model" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from lumina_mgpt.generation.cli import add_model_arguments, add_sampling_arguments
+from lumina_mgpt.generation.cli import add_model_arguments, add_quality_arguments, add_sampling_arguments
 from lumina_mgpt.shapes.task_eval import DEFAULT_LIMIT, EVAL_TASKS
 
 
@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="shapes: prompts per generation call, at most 8 decoded together; tasks: items decoded "
                              "together (default: 16)")
     add_sampling_arguments(parser)
+    add_quality_arguments(parser)  # tasks: on the text-to-image rows
     parser.add_argument(
         "--out", default=None, metavar="FILE",
         help="write the report as JSON to FILE (default: none)",
@@ -86,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     # Cheap checks first, before any model loads.
     if args.degrade is not None and not args.ground_truth:
         raise DataError("--degrade only applies to --ground-truth renders; add --ground-truth or drop --degrade")
+    if args.ground_truth and (args.best_of != 1 or args.verifier or args.think is not None):
+        raise DataError("--ground-truth renders each prompt's spec; --best-of, --verifier and --think need a model")
     prompts = list(load_eval_prompts())
     if args.limit is not None:
         prompts = limit_prompts(prompts, args.limit)
@@ -115,7 +118,7 @@ def _model_generator(args: argparse.Namespace):
     import sys
 
     from lumina_mgpt.generation.checks import check_integer, check_sjd_window
-    from lumina_mgpt.generation.cli import sjd_window
+    from lumina_mgpt.generation.cli import quality_options, sjd_window
     from lumina_mgpt.generation.pipeline import Pipeline, load_options, make_settings
     from lumina_mgpt.model_folder import read_model_info
 
@@ -127,6 +130,7 @@ def _model_generator(args: argparse.Namespace):
         info.defaults, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
         cfg_schedule=args.cfg_schedule,
     )
+    quality = quality_options(args, info.tasks)
     print(f"loading model from {info.folder}", file=sys.stderr)
     pipe = Pipeline.from_model_info(info, device=device, dtype=dtype, quant=args.quant)
     print(f"model: {info.folder} (layout {info.layout.name}, device {device})")
@@ -134,6 +138,7 @@ def _model_generator(args: argparse.Namespace):
         f"settings: cfg {settings.cfg:g} ({settings.cfg_schedule}), temperature {settings.image.temperature:g}, "
         f"top-k {settings.image.top_k}, top-p {settings.image.top_p:g}, " + (f"SJD window {window}" if window else "plain decoding")
     )
+    print(describe_quality(args, quality))
     generated = 0
 
     def generate_fn(captions, width, height):
@@ -144,10 +149,17 @@ def _model_generator(args: argparse.Namespace):
         return pipe.generate(
             captions, width=width, height=height, seed=seed, cfg=settings.cfg, top_k=settings.image.top_k,
             top_p=settings.image.top_p, temperature=settings.image.temperature, cfg_schedule=settings.cfg_schedule,
-            sjd_window=window, progress=False,
+            sjd_window=window, progress=False, **quality,
         )
 
     return generate_fn
+
+
+def describe_quality(args: argparse.Namespace, quality: dict) -> str:
+    """The line saying how images were chosen and prompts refined (reports compare runs by it)."""
+    chosen = (f"best of {args.best_of} by {' + '.join(args.verifier)} (mean rank)" if "verifier" in quality
+              else "one sample per prompt")
+    return f"choice: {chosen}; thinking: {args.think or 'none'}"
 
 
 def _run_tasks(args: argparse.Namespace) -> int:
@@ -157,7 +169,7 @@ def _run_tasks(args: argparse.Namespace) -> int:
 
     from lumina_mgpt.errors import DataError
     from lumina_mgpt.generation.checks import check_integer, check_seeds, check_sjd_window
-    from lumina_mgpt.generation.cli import sjd_window
+    from lumina_mgpt.generation.cli import quality_options, sjd_window
     from lumina_mgpt.generation.pipeline import Pipeline, load_options, make_settings
     from lumina_mgpt.model_folder import read_model_info
     from lumina_mgpt.shapes.task_eval import choose_tasks, evaluate_tasks, format_task_table, write_task_report
@@ -180,6 +192,7 @@ def _run_tasks(args: argparse.Namespace) -> int:
     sampling = {"cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature,
                 "cfg_schedule": args.cfg_schedule}
     settings = make_settings(info.defaults, **sampling)
+    quality = quality_options(args, info.tasks)
     print(f"loading model from {info.folder}", file=sys.stderr)
     pipe = Pipeline.from_model_info(info, device=device, dtype=dtype, quant=args.quant)
     print(f"model: {info.folder} (layout {info.layout.name}, device {device})")
@@ -189,18 +202,20 @@ def _run_tasks(args: argparse.Namespace) -> int:
         + (f"SJD window {window}" if window else "plain decoding") + "; text answers greedy"
     )
     print(f"seed: {args.seed} (item k of a task uses seed {args.seed} + k); items per task: {limit}")
+    print(f"text-to-image {describe_quality(args, quality)}")
 
     def show_progress(task: str, items: int) -> None:
         print(f"{task}: {items} items done", file=sys.stderr)
 
     report = evaluate_tasks(
         pipe, args.task, limit=limit, seed=args.seed, batch_size=batch_size, sampling={**sampling, "sjd_window": window},
-        progress=show_progress,
+        progress=show_progress, drawing=quality,
     )
     print(format_task_table(report))
     if args.out is not None:
         header = {"model": str(info.folder), "seed": args.seed, "limit": limit, "cfg": settings.cfg,
                   "cfg_schedule": settings.cfg_schedule, "temperature": settings.image.temperature,
-                  "top_k": settings.image.top_k, "top_p": settings.image.top_p, "sjd_window": window}
+                  "top_k": settings.image.top_k, "top_p": settings.image.top_p, "sjd_window": window,
+                  "best_of": args.best_of, "verifiers": args.verifier or [], "think": args.think}
         write_task_report(report, Path(args.out), header)
     return 0

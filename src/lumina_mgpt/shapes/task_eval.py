@@ -161,21 +161,25 @@ def evaluate_tasks(
     batch_size: int = 16,
     sampling: dict | None = None,
     progress: Callable[[str, int], None] | None = None,
+    drawing: dict | None = None,
 ) -> TaskReport:
     """Run and score the first `limit` held-out items of each task (all EVAL_TASKS the model has when
     `tasks` is None; see `choose_tasks`); item k of a task samples with seed + k.
 
     `sampling` (cfg, top_k, top_p, temperature, cfg_schedule, sjd_window) applies to image answers; text
-    answers are read greedily. `progress(task, items)` is called after each task."""
+    answers are read greedily. `drawing` (best_of, verifier, think: see `Pipeline.generate`) applies to the
+    text-to-image rows; text_to_image_rewrite keeps its own thinking, the model's rewrite.
+    `progress(task, items)` is called after each task."""
     if limit < 1:
         raise DataError(f"limit must be at least 1 item per task, got {limit}")
     chosen, not_trained = choose_tasks(pipe.tasks, tasks)
     sampling = dict(sampling or {})
+    drawing = dict(drawing or {})
     results: list[ItemResult] = []
     for task in chosen:
         items = eval_items("text_to_image" if task == REWRITE_DRAW else task, limit, ITEM_SEED)
         seeds = [seed + k for k in range(len(items))]
-        outputs, texts = _answer(pipe, task, items, seeds, batch_size, sampling)
+        outputs, texts = _answer(pipe, task, items, seeds, batch_size, sampling, drawing)
         for item, output, text in zip(items, outputs, texts):
             results.append(ItemResult(task, item.index, item.variant, score_item(item, output), text))
         if progress is not None:
@@ -183,9 +187,11 @@ def evaluate_tasks(
     return TaskReport(tuple(results), tuple(not_trained))
 
 
-def _answer(pipe, task, items, seeds, batch_size, sampling) -> tuple[list, list[str | None]]:
+def _answer(pipe, task, items, seeds, batch_size, sampling, drawing) -> tuple[list, list[str | None]]:
     """The model's outputs for the items of one task, and the text to keep with each result."""
     if task in ("text_to_image", REWRITE_DRAW):
+        if task == REWRITE_DRAW:
+            drawing = {key: value for key, value in drawing.items() if key != "think"}
         images: list = [None] * len(items)
         by_size: dict[tuple[int, int], list[int]] = {}
         for k, item in enumerate(items):
@@ -193,7 +199,7 @@ def _answer(pipe, task, items, seeds, batch_size, sampling) -> tuple[list, list[
         for (width, height), ks in by_size.items():
             drawn = pipe.generate(
                 [items[k].text for k in ks], width=width, height=height, seed=[seeds[k] for k in ks],
-                batch_size=batch_size, progress=False, rewrite=task == REWRITE_DRAW, **sampling,
+                batch_size=batch_size, progress=False, rewrite=task == REWRITE_DRAW, **sampling, **drawing,
             )  # fmt: skip
             for k, image in zip(ks, drawn):
                 images[k] = image
