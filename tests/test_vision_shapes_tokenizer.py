@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 
 from lumina_mgpt.errors import DataError, ImageTokenizerError
+from lumina_mgpt.shapes import vq_images
 from lumina_mgpt.shapes.dual_panel import EDGE_INK, SEGMENTATION_COLORS
 from lumina_mgpt.shapes.spec import COLORS
 from lumina_mgpt.shapes.tasks import TASKS, eval_items
-from lumina_mgpt.shapes.vq_images import SOURCES, record_canvas, tokenizer_training_images
+from lumina_mgpt.shapes.vq_images import SOURCES, record_canvas, tokenizer_training_images, train_task_image_tokenizer
 from lumina_mgpt.shapes.world import CANVAS_SIZES, PLAIN_BACKGROUND
 from lumina_mgpt.vision import ImageTokenizer
 from lumina_mgpt.vision.config import VQConfig, preset
@@ -166,3 +167,29 @@ def test_record_canvas_takes_one_panel_of_a_dual_panel(task, panel):
         assert canvas.size == (64, 64)
     else:
         assert canvas.size in CANVAS_SIZES
+
+
+def test_the_recipe_resumes_from_its_work_folder_and_saves_only_used_codes(tmp_path, monkeypatch):
+    """A shortened recipe: stopped after 3 steps and run again, it ends where one uninterrupted run does."""
+    monkeypatch.setattr(vq_images, "TASK_TOKENIZER_IMAGES", 15)
+    steps = {"value": 6}
+
+    def settings(seed):
+        return TrainSettings(
+            steps=steps["value"], batch_size=16, autoencoder_warmup=2, kmeans_samples=64, save_every=3, seed=seed
+        )
+
+    monkeypatch.setattr(vq_images, "task_tokenizer_settings", settings)
+    train_task_image_tokenizer(tmp_path / "whole", tmp_path / "whole-work", seed=0)
+    steps["value"] = 3
+    train_task_image_tokenizer(tmp_path / "part", tmp_path / "work", seed=0)
+    steps["value"] = 6
+    train_task_image_tokenizer(tmp_path / "resumed", tmp_path / "work", seed=0)
+    whole, resumed = (
+        ImageTokenizer.from_pretrained(tmp_path / "whole"),
+        ImageTokenizer.from_pretrained(tmp_path / "resumed"),
+    )
+    assert whole.config == resumed.config
+    assert whole.codebook_size < preset("shapes-tasks").codebook_size  # the unused codes are gone
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name

@@ -102,10 +102,11 @@ def train_task_image_tokenizer(output_folder: str | os.PathLike, work_folder: st
     work = Path(work_folder)
     config = preset(TASK_TOKENIZER_PRESET)
     patches = distinct_patches(tokenizer_training_images(TASK_TOKENIZER_IMAGES, seed), config.downsample)
+    settings = task_tokenizer_settings(seed)
     if (work / TRAINER_STATE_FILE).is_file():
-        trainer = VQTrainer.resume(work, patches)
+        trainer = VQTrainer.resume(work, patches, steps=settings.steps)
     else:
         torch.manual_seed(seed)
-        trainer = VQTrainer(ImageTokenizer(config), patches, task_tokenizer_settings(seed), work)
+        trainer = VQTrainer(ImageTokenizer(config), patches, settings, work)
     trainer.run()
     keep_used_codes(ImageTokenizer.from_pretrained(work), patches).save_pretrained(output_folder)
