@@ -286,3 +286,38 @@ def test_eval_refuses_quality_options_on_ground_truth(capsys):
 
     assert main(["eval", "shapes", "--ground-truth", "--best-of", "2", "--verifier", REDDEST]) == 2
     assert "--best-of, --verifier and --think need a model" in capsys.readouterr().err
+
+
+def test_the_server_answers_best_of_with_the_pipelines_choice_and_its_record(pipe):
+    import base64
+    import io
+
+    import httpx
+
+    from lumina_mgpt.serve.app import HttpServer, create_app
+    from lumina_mgpt.serve.scheduler import BatchScheduler
+
+    server = HttpServer(create_app(pipe, "tiny", BatchScheduler(pipe, max_batch=4), timeout_s=60.0, ui=False)).start()
+    url = f"{server.url}/v1/images/generations"
+    try:
+        body = {"prompt": "a red circle", "n": 2, "size": f"{SIZE}x{SIZE}", "seed": 7, "best_of": 3}
+        answer = httpx.post(url, json={**body, "verifier": "self"}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        data = answer.json()["data"]
+        expected = pipe.generate("a red circle", width=SIZE, height=SIZE, num_images=2, seed=7, best_of=3,
+                                 verifier="self", progress=False)  # fmt: skip
+        for item, image in zip(data, expected):
+            served = Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))).convert("RGB")
+            np.testing.assert_array_equal(np.asarray(served), np.asarray(image))
+            assert item["best_of"] == json.loads(image.info["parameters"])["best_of"]
+        assert [item["seed"] for item in data] == [7, 8]
+        assert [row["seed"] for row in data[1]["best_of"]["candidates"]] == [24, 25, 26]
+        for extra, message in [
+            ({"verifier": REDDEST}, f"verifier {REDDEST!r} is not served; accepted: 'self'"),
+            ({"best_of": 5}, "best_of must be an integer from 1 to 4"),
+            ({"stream": True}, "best_of chooses among finished images: it cannot stream"),
+        ]:
+            refused = httpx.post(url, json={**body, **extra}, timeout=60)
+            assert refused.status_code == 400 and message in refused.json()["error"]["message"]
+    finally:
+        server.stop()

@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP API (FastAPI) over one Pipeline and its batching scheduler.
 
-    POST /v1/images/generations   text to image (OpenAI images API; `stream: true` sends partial images)
+    POST /v1/images/generations   text to image (OpenAI images API; `stream: true` sends partial images;
+                                  `best_of: N` with `verifier: "self"` keeps the model's favourite of N)
     POST /v1/images/edits         image editing, where the model has it (501 otherwise)
     POST /v1/chat/completions     text and images in, text out, where the model chats (501 otherwise)
     GET  /v1/models, GET /health
@@ -36,6 +37,7 @@ from lumina_mgpt.serve.parsing import (
     CHAT_FIELDS,
     IMAGE_FIELDS,
     ApiError,
+    best_of_choice,
     chat_turns,
     check_model,
     decode_image,
@@ -147,6 +149,9 @@ def create_app(
         body = json_object(await request.body(), IMAGE_FIELDS)
         check_model(body, model_id)
         image = image_request(body, pipe, scheduler.max_batch)
+        choice = best_of_choice(body, pipe, scheduler.max_batch)
+        if choice is not None:
+            return await chosen_images(request, image, *choice)
         if body.get("stream", False):
             return stream_images(image)
         ticket = submit(image)
@@ -155,6 +160,30 @@ def create_app(
         except ClientGone:
             return Response(status_code=499)
         return JSONResponse(images_body(image, pngs))
+
+    async def chosen_images(request: Request, image: ImageRequest, best_of: int, verifier: str) -> Response:
+        """Best-of-N on the worker thread: each image's candidates in one engine call, the verifier's choice kept;
+        each item also carries the "best_of" record of its metadata (every candidate's seed, scores, rank)."""
+        settings = image.settings
+
+        def draw():
+            images = pipe.generate(
+                image.prompt, width=image.width, height=image.height, num_images=image.n, seed=image.seed,
+                cfg=settings.cfg, top_k=settings.image.top_k, top_p=settings.image.top_p,
+                temperature=settings.image.temperature, cfg_schedule=settings.cfg_schedule,
+                sjd_window=image.sjd_window, batch_size=scheduler.max_batch, progress=False, best_of=best_of,
+                verifier=verifier,
+            )  # fmt: skip
+            return [(png_bytes(picture), json.loads(picture.info["parameters"])["best_of"]) for picture in images]
+
+        try:
+            chosen = await wait(request, scheduler.call(draw), lambda: None)
+        except ClientGone:
+            return Response(status_code=499)
+        body = images_body(image, [png for png, _ in chosen])
+        for item, (_, record) in zip(body["data"], chosen):
+            item["best_of"] = record
+        return JSONResponse(body)
 
     def stream_images(image: ImageRequest) -> StreamingResponse:
         partials: asyncio.Queue[PartialImage] = asyncio.Queue()
