@@ -143,7 +143,7 @@ def pretokenize_data(work: Path, seed: int) -> None:
         code = main([
             "pretokenize", str(work / f"data-{name}" / "records.jsonl"), "--out", str(out), "--model",
             str(work / "assets"), "--target-size", str(target_size), "--loss-mode", "response",
-            "--center-crop", "--seed", str(seed),
+            "--center-crop", "--seed", str(seed), "--workers", str(os.cpu_count() or 1),
         ])
         if code:
             raise SystemExit(code)
