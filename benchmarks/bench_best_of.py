@@ -4,16 +4,22 @@
     python benchmarks/bench_best_of.py                              # embedded model, a cheap stand-in verifier
     python benchmarks/bench_best_of.py --model PATH --verifier self # a model trained for vqa: its own judgement
     python benchmarks/bench_best_of.py --device cuda --prompts 8
+    python benchmarks/bench_best_of.py --model PATH --verifier self --roc-auc 8 --prompts 96   # verifier quality
 
 The stand-in verifier (`colorfulness`: mean saturation, a few microseconds per image) isolates the cost of
 drawing the candidates; `--verifier self` adds the model's one batched yes/no prefill per prompt. The modes
 take turns over --repeats rounds and each keeps its fastest round, so every mode meets the same contention.
+
+`--roc-auc K` measures the verifier instead: K samples of each prompt (at its ShapesEval canvas), each scored
+by the verifier and labelled by the ShapesEval analyzer (which the verifier never sees); the ROC AUC says how
+often a correct image outscores a wrong one (0.5: chance, 1: always).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import sys
 import time
@@ -23,7 +29,8 @@ import torch
 
 from lumina_mgpt.generation.best_of import candidate_seeds, choose
 from lumina_mgpt.generation.pipeline import Pipeline
-from lumina_mgpt.generation.verifiers import load_verifiers
+from lumina_mgpt.generation.verifiers import load_verifiers, ranks
+from lumina_mgpt.shapes.analyze import score
 from lumina_mgpt.shapes.prompts import load_eval_prompts
 
 
@@ -58,6 +65,33 @@ def seconds_per_prompt(pipe, prompts, best_of, verifier, args, run) -> float:
     return (time.perf_counter() - begin) / len(prompts)
 
 
+def roc_auc(scores: list[float], labels: list[bool]) -> float:
+    """The probability that a positive outscores a negative (ties count half): Mann-Whitney U / (P * N)."""
+    ascending = [len(scores) + 1 - rank for rank in ranks(scores)]  # 1 for the lowest; ties share their mean
+    positives = sum(labels)
+    negatives = len(labels) - positives
+    rank_sum = sum(rank for rank, label in zip(ascending, labels) if label)
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def measure_verifier(pipe, prompts, samples: int, verifier) -> None:
+    """Score `samples` images of each ShapesEval prompt with the verifier, label them with the analyzer, print
+    the ROC AUC."""
+    scores, labels = [], []
+    for seed, prompt in enumerate(prompts):
+        images = pipe.generate(prompt.caption, width=prompt.width, height=prompt.height, num_images=samples,
+                               seed=seed * samples, verifier=verifier, progress=False)  # fmt: skip
+        for image in images:
+            (value,) = json.loads(image.info["parameters"])["best_of"]["candidates"][0]["scores"].values()
+            scores.append(value)
+            labels.append(bool(score(image, prompt.spec)))
+    positives = sum(labels)
+    if positives in (0, len(labels)):
+        print(f"{len(labels)} images, all {'correct' if positives else 'wrong'}: the ROC AUC is undefined")
+        return
+    print(f"{len(labels)} images ({positives} correct by the analyzer): verifier ROC AUC {roc_auc(scores, labels):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder or hub id (default: the embedded model)")
@@ -67,19 +101,29 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4, help="ShapesEval prompts per mode (default: 4)")
     parser.add_argument("--n", type=int, nargs="+", default=[1, 4, 8], help="candidates per prompt (default: 1 4 8)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds over all modes; the fastest counts (default: 2)")
+    parser.add_argument(
+        "--roc-auc",
+        type=int,
+        metavar="K",
+        help="measure the verifier instead: K scored samples per prompt (default: off)",
+    )
     args = parser.parse_args()
 
     torch.set_grad_enabled(False)
     pipe = Pipeline.from_pretrained(args.model, device=args.device)
     device = next(pipe.model.parameters()).device
     verifier = args.verifier or colorfulness
-    prompts = [p.caption for p in load_eval_prompts()[: args.prompts]]
+    evaluated = list(load_eval_prompts())[: args.prompts]
+    prompts = [p.caption for p in evaluated]
     name = device_name(device)
     print(
         f"{datetime.date.today()}; {name}; torch {torch.__version__}; model {args.model or 'embedded'}; "
         f"{args.size}x{args.size}; verifier {args.verifier or 'colorfulness stand-in'}; {len(prompts)} prompts"
     )
     print("command: python " + " ".join(sys.argv))
+    if args.roc_auc is not None:
+        measure_verifier(pipe, evaluated, args.roc_auc, verifier)
+        return
     for best_of in args.n:  # warm-up: every batch shape once
         batched(pipe, prompts[0], 0, best_of, verifier, args)
     sequential(pipe, prompts[0], 0, 1, verifier, args)

@@ -140,6 +140,8 @@ def test_mean_rank_combines_verifiers_on_hand_made_scores():
     table = json.loads(images[0].info["parameters"])["best_of"]["candidates"]
     assert [row["mean_rank"] for row in table] == [2.5, 3.0, 3.0, 1.5]
     assert table[1]["scores"] == {"a": 0.1, "b": 30.0}
+    named = load_verifiers([lambda _i, _p: first, lambda _i, _p: second, REDDEST])
+    assert [name for name, _ in named] == ["<lambda>#1", "<lambda>#2", REDDEST]
     # A tie in mean rank goes to the first candidate (the lowest seed).
     assert choose(images[:2], "x", [0, 1], [("c", lambda _i, _p: [2.0, 2.0])]).chosen == 0
 

@@ -228,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
     if "think" in quality:
         plan = pipe.think_plan(plan, quality["think"])
         for asked, drawn in dict(zip(plan.requests, plan.prompts)).items():
-            print(f"rewrote {asked!r} as {drawn!r}", file=sys.stderr)
+            if drawn != asked:  # a failed thinking endpoint said so already
+                print(f"rewrote {asked!r} as {drawn!r}", file=sys.stderr)
 
     digits = max(3, len(str(len(plan) - 1)))
     if "best_of" in quality:

@@ -397,7 +397,8 @@ class Pipeline:
             for index, prompt, image_seed, picture in zip(indices, prompts, seeds, pictures):
                 # A refined prompt keeps the request it came from: both are in the metadata, with how it was refined.
                 asked = {"prompt": prompt} if plan.requests is None else {
-                    "prompt": plan.requests[index], "rewritten_prompt": prompt, "thinking": plan.thinking[index]
+                    "prompt": plan.requests[index], "rewritten_prompt": prompt,
+                    **({} if plan.thinking is None else {"thinking": plan.thinking[index]}),
                 }
                 picture.info["parameters"] = image_parameters(
                     asked, plan.width, plan.height, image_seed, plan.settings, plan.sjd_window, self.layout

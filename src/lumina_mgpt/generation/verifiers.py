@@ -104,7 +104,12 @@ def load_verifiers(verifier: object, pipe=None) -> list[tuple[str, Verifier]]:
             loaded.append((spec, load_python_verifier(spec)))
         else:
             loaded.append((spec, HttpVerifier(spec[len(HTTP_PREFIX) :])))
-    return loaded
+    # Scores are recorded by name: two verifiers of one name (two lambdas) get numbered ones.
+    names = [name for name, _ in loaded]
+    return [
+        (name if names.count(name) == 1 else f"{name}#{names[: index + 1].count(name)}", verify)
+        for index, (name, verify) in enumerate(loaded)
+    ]
 
 
 def check_scores(name: str, scores: object, count: int) -> list[float]:
