@@ -116,9 +116,10 @@ def main() -> None:
     evaluated = list(load_eval_prompts())[: args.prompts]
     prompts = [p.caption for p in evaluated]
     name = device_name(device)
+    canvas = "each prompt's ShapesEval canvas" if args.roc_auc is not None else f"{args.size}x{args.size}"
     print(
         f"{datetime.date.today()}; {name}; torch {torch.__version__}; model {args.model or 'embedded'}; "
-        f"{args.size}x{args.size}; verifier {args.verifier or 'colorfulness stand-in'}; {len(prompts)} prompts"
+        f"{canvas}; verifier {args.verifier or 'colorfulness stand-in'}; {len(prompts)} prompts"
     )
     print("command: python " + " ".join(sys.argv))
     if args.roc_auc is not None:

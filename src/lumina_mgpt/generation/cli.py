@@ -115,6 +115,7 @@ def quality_options(args: argparse.Namespace, tasks) -> dict:
     from lumina_mgpt.generation.best_of import check_best_of
     from lumina_mgpt.generation.thinking import SELF, ChatThinker, check_think_spec
     from lumina_mgpt.generation.verifiers import PYTHON_PREFIX, check_verifier_spec, load_python_verifier
+    from lumina_mgpt.generation.verifiers import SELF as SELF_VERIFIER
     from lumina_mgpt.model_folder import CHAT, REWRITE, VQA, require_task
 
     best_of = check_best_of(args.best_of)
@@ -123,7 +124,7 @@ def quality_options(args: argparse.Namespace, tasks) -> dict:
         raise GenerationError(f"--best-of {best_of} needs a --verifier to choose with: self, python:module:function "
                               f"or http:URL")
     for spec in verifiers:
-        if spec == "self":
+        if spec == SELF_VERIFIER:
             require_task(tasks, VQA, CHAT)
         elif spec.startswith(PYTHON_PREFIX):
             load_python_verifier(spec)
@@ -131,8 +132,6 @@ def quality_options(args: argparse.Namespace, tasks) -> dict:
     if think == SELF:
         require_task(tasks, REWRITE)
     elif think is not None:
-        if not args.think_timeout > 0:
-            raise GenerationError(f"--think-timeout must be a number of seconds > 0, got {args.think_timeout}")
         think = ChatThinker(think, model=args.think_model, api_key=args.think_key, timeout_s=args.think_timeout,
                             max_tokens=args.think_max_tokens)
     options = {"best_of": best_of, "verifier": verifiers} if verifiers else {}

@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from lumina_mgpt.errors import GenerationError
+from lumina_mgpt.generation.checks import check_integer
 
 SELF = "self"
 THINK_KEY_ENV = "LUMINA_THINK_API_KEY"
@@ -86,8 +87,6 @@ class ChatThinker:
         self, url: str, model: str | None = None, api_key: str | None = None, timeout_s: float = THINK_TIMEOUT_S,
         max_tokens: int = THINK_MAX_TOKENS,
     ):  # fmt: skip
-        from lumina_mgpt.generation.checks import check_integer
-
         url = check_think_spec(url)
         if url == SELF:
             raise GenerationError("ChatThinker needs an endpoint URL; 'self' thinking is Pipeline.rewrite_plan")
