@@ -544,3 +544,16 @@ def test_a_model_vocabulary_smaller_than_the_data_is_refused(overfit_setup, tmp_
     recipe.write_text(overfit_setup.read_text().replace("vocab_size = 512", "vocab_size = 100"))
     assert main(["train", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "vocabulary only 100" in capsys.readouterr().err
+
+
+def test_a_preset_without_a_vocabulary_takes_the_datas(overfit_setup, tmp_path):
+    """The embedded model's recipes name a preset and leave vocab_size to the data's layout."""
+    from lumina_mgpt.cli import main
+
+    recipe = overfit_setup.parent / "tiny-data-vocabulary.toml"
+    recipe.write_text(overfit_setup.read_text().replace('preset = "tiny"\nvocab_size = 512', 'preset = "tiny"'))
+    out = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(out), "--max-steps", "2", "--no-progress"]) == 0
+    data_layout = json.loads((overfit_setup.parent / "data" / "tiny-project" / "lumina.json").read_text())["layout"]
+    saved = next(out.rglob("config.json"))
+    assert json.loads(saved.read_text())["vocab_size"] == data_layout["vocab_size"]

@@ -267,8 +267,11 @@ class Trainer:
         if self.recipe.max_seq_len is not None:
             return self.recipe.max_seq_len
         folder = self._stage_source(index)
-        config = self._preset_config() if folder is None else read_config(folder)
-        return config.max_position_embeddings
+        if folder is not None:
+            return read_config(folder).max_position_embeddings
+        # The context length does not depend on the vocabulary, which a preset may leave to the data.
+        placeholder = {} if "vocab_size" in self.recipe.model.overrides else {"vocab_size": 1}
+        return self._preset_config(**placeholder).max_position_embeddings
 
     # ------------------------------------------------------------------ model
     def _stage_source(self, index: int) -> Path | None:
