@@ -551,7 +551,8 @@ def test_a_preset_without_a_vocabulary_takes_the_datas(overfit_setup, tmp_path):
     from lumina_mgpt.cli import main
 
     recipe = overfit_setup.parent / "tiny-data-vocabulary.toml"
-    recipe.write_text(overfit_setup.read_text().replace('preset = "tiny"\nvocab_size = 512', 'preset = "tiny"'))
+    # `shapes` has no vocabulary of its own (`tiny` has one).
+    recipe.write_text(overfit_setup.read_text().replace('preset = "tiny"\nvocab_size = 512', 'preset = "shapes"'))
     out = tmp_path / "run"
     assert main(["train", str(recipe), "--out", str(out), "--max-steps", "2", "--no-progress"]) == 0
     data_layout = json.loads((overfit_setup.parent / "data" / "tiny-project" / "lumina.json").read_text())["layout"]
