@@ -32,7 +32,7 @@ from lumina_mgpt.model_folder import EMBEDDED_MODEL
 from lumina_mgpt.shapes.analyze import detect
 from lumina_mgpt.shapes.dual_panel import stack_panels
 from lumina_mgpt.shapes.spec import CATEGORIES, COLORS
-from lumina_mgpt.shapes.task_scoring import _box_iou, expected_output, score_item
+from lumina_mgpt.shapes.task_scoring import box_iou, expected_output, score_item
 from lumina_mgpt.shapes.tasks import TASK_NAMES, TASKS, EvalItem, eval_items
 from lumina_mgpt.shapes.world import render, sample_scene, scene_from_spec
 from lumina_mgpt.vision import ImageTokenizer, images_to_tensor
@@ -80,7 +80,7 @@ def color_keep(round_trip: RoundTrip, scenes: int, seed: int) -> dict:
     for scene, image in zip(drawn, decoded):
         detections = detect(image)
         for obj in scene.objects:
-            ious = [_box_iou(obj.box, d.bbox) for d in detections]
+            ious = [box_iou(obj.box, d.bbox) for d in detections]
             best = int(np.argmax(ious)) if ious else -1
             if best < 0 or ious[best] < MATCH_IOU:
                 outcomes[obj.color]["lost"] += 1

@@ -92,8 +92,15 @@ def train_image_tokenizer(work: Path, seed: int) -> None:
     target = work / "assets" / "image_tokenizer"
     if (target / "config.json").is_file() and not (work / "vq-run").exists():
         return
+    import torch
+
     log("training the patch-local VQ image tokenizer on the task world's images")
-    train_task_image_tokenizer(target, work / "vq-run", seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the recipe's result is reproduced byte for byte on one thread
+    try:
+        train_task_image_tokenizer(target, work / "vq-run", seed)
+    finally:
+        torch.set_num_threads(threads)
     shutil.rmtree(work / "vq-run", ignore_errors=True)
 
 

@@ -102,7 +102,8 @@ def score_edit(item: EvalItem, image: Image.Image) -> float:
     return 1.0
 
 
-def _box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two (left, top, right, bottom) boxes."""
     width = min(a[2], b[2]) - max(a[0], b[0])
     height = min(a[3], b[3]) - max(a[1], b[1])
     if width <= 0 or height <= 0:
@@ -116,7 +117,7 @@ def score_control(item: EvalItem, image: Image.Image) -> float:
     expected = item.scene.objects
     matched = 0
     for obj in expected:
-        ious = [_box_iou(obj.box, d.bbox) for d in detections]
+        ious = [box_iou(obj.box, d.bbox) for d in detections]
         if ious and max(ious) >= CONTROL_MIN_IOU:
             best = detections[int(np.argmax(ious))]
             matched += (best.shape, best.color) == (obj.shape, obj.color)
