@@ -176,3 +176,31 @@ def test_generate_rewrite_is_refused_before_loading_a_model_without_it(no_model_
     prompts.write_text("a red circle\n")
     assert main(["generate", "--prompts", str(prompts), "--rewrite", "--out", str(tmp_path / "out")]) == 2
     assert "--rewrite works with prompts given as arguments" in capsys.readouterr().err
+
+
+def test_the_demo_shows_the_tasks_of_a_multi_task_model(model_folder, tmp_path, capsys):
+    from lumina_mgpt.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", model_folder, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("task-edit.png", "task-segmentation.png", "task-edges.png", "task-control.png"):
+        assert Image.open(out / name).size == (64, 64)
+        assert json.loads(Image.open(out / name).text["parameters"])["task"] in ("edit", "segmentation", "edges",
+                                                                                 "control")
+    assert "caption of the first picture: " in printed
+    assert f"{Pipeline.from_pretrained(model_folder).model.config.num_parameters / 1e6:.1f}M" in printed
+
+
+def test_the_demo_of_a_text_to_image_model_says_what_it_skips(tmp_path, capsys):
+    from lumina_mgpt.cli import main
+
+    folder = tmp_path / "text-to-image-model"
+    drawing_only = tiny_task_pipeline(tasks=("text-to-image",))
+    drawing_only.save_pretrained(folder)
+    assert main(["demo", "--model", str(folder), "--out", str(tmp_path / "demo")]) == 0
+    printed = capsys.readouterr().out
+    # Packed weights are buffers, not parameters: the count comes from the config.
+    assert f"{drawing_only.model.config.num_parameters / 1e6:.1f}M transformer parameters" in printed
+    assert "trained for text-to-image only" in printed
+    assert not list((tmp_path / "demo").glob("task-*"))

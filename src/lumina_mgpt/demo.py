@@ -1,4 +1,6 @@
-"""`lumina demo`: text -> image at two aspect ratios, end to end, on the embedded model (or --model).
+"""`lumina demo`: text -> image at two aspect ratios, end to end, on the embedded model (or --model),
+then, on a model trained for them, one image each of editing, segmentation and control (edges -> image,
+from the model's own edge map) on the first picture, and its caption.
 
 The two sizes are the model's own and a wider one, 5:3 (64x64 and 80x48 on the embedded model).
 When the embedded shapes model is not in the checkout, the demo runs the same path (tokenize the
@@ -23,6 +25,9 @@ DEMO_PROMPTS = (
     "three yellow triangles",
     "a green square above a purple circle",
 )
+# On the first prompt's picture: (task, file name, instruction or prompt).
+EDIT_INSTRUCTION = "make the red circle green"
+CONTROL_PROMPT = "a yellow circle to the left of a purple square"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,12 +99,44 @@ def run(args: argparse.Namespace) -> int:
         pipe = Pipeline.from_model_info(info, device=device, dtype=dtype, quant=args.quant)
         print(f"model: {'the embedded shapes model' if args.model is None else 'the model'} ({info.folder})")
     print(f"layout: {pipe.layout.name}, vocabulary {pipe.layout.vocab_size}, {pipe.layout.codebook_size} image codes, "
-          f"{sum(p.numel() for p in pipe.model.parameters()) / 1e6:.1f}M transformer parameters")
+          f"{pipe.model.config.num_parameters / 1e6:.1f}M transformer parameters")
+    first = None
     for width, height in demo_sizes(pipe.defaults.size, pipe.layout.pixels_per_indicator):
         images = pipe.iter_generate(list(DEMO_PROMPTS), width=width, height=height, seed=args.seed, progress=False)
         for i, (prompt, image) in enumerate(zip(DEMO_PROMPTS, images)):
             path = out.save(image, f"{width}x{height}-{i}.png")
             print(f"{path}  ({image.width}x{image.height})  {prompt!r}")
+            first = first or image
+    run_tasks(pipe, first, out, args.seed)
     print(f"wrote {len(out.written)} PNGs to {out.path}/ in {time.perf_counter() - start:.1f} s "
           f"(settings are in each PNG's text metadata)")
     return 0
+
+
+def run_tasks(pipe, picture, out, seed: int) -> None:
+    """The tasks the model was trained for, on `picture` (the first prompt's image): edit it, segment it,
+    draw a new picture from its edge map, describe it. Models without them skip this, saying so."""
+    from lumina_mgpt.model_folder import CAPTION, CONTROL, EDIT
+
+    def save(image, name: str, what: str) -> None:
+        print(f"{out.save(image, name)}  ({image.width}x{image.height})  {what}")
+
+    done = []
+    if EDIT in pipe.tasks:
+        save(pipe.edit(picture, EDIT_INSTRUCTION, seed=seed), "task-edit.png", f"edit: {EDIT_INSTRUCTION!r}")
+        done.append(EDIT)
+    if "segmentation" in pipe.tasks:
+        save(pipe.predict(picture, "segmentation", seed=seed), "task-segmentation.png", "segmentation map")
+        done.append("segmentation")
+    if "edges" in pipe.tasks and CONTROL in pipe.tasks:
+        edges = pipe.predict(picture, "edges", seed=seed)
+        save(edges, "task-edges.png", "edge map")
+        control = pipe.control(edges, "edges", CONTROL_PROMPT, seed=seed)
+        save(control, "task-control.png", f"control: the edge map and {CONTROL_PROMPT!r}")
+        done.append(CONTROL)
+    if CAPTION in pipe.tasks:
+        print(f"caption of the first picture: {pipe.caption(picture, seed=seed)!r}")
+        done.append(CAPTION)
+    if not done:
+        print(f"tasks: this model was trained for {', '.join(pipe.tasks)} only; a multi-task model also edits, "
+              "segments, draws from edge maps and describes its pictures here")
