@@ -100,7 +100,7 @@ def test_chat_on_a_model_without_chat_is_a_501_the_client_reports(served):
     with pytest.raises(openai.APIStatusError) as caught:
         served.client.chat.completions.create(model="embedded", messages=[{"role": "user", "content": "hello"}])
     assert caught.value.status_code == 501
-    assert "this model was not trained for chat (its tasks: text-to-image)" in caught.value.message
+    assert "this model was not trained for 'chat' (its tasks: text-to-image)" in caught.value.message
 
 
 def test_chat_answers_text_and_images_on_a_model_with_chat(pipe):
@@ -188,7 +188,7 @@ def test_malformed_json_oversized_uploads_and_unknown_routes_are_refused(served)
         data={"prompt": "make it blue"},
         timeout=10,
     )
-    assert response.status_code == 501 and "image editing needs a model trained for it" in response.text
+    assert response.status_code == 501 and "this model was not trained for 'edit'" in response.text
     response = httpx.get(f"{served.url}/v1/nothing", timeout=10)
     assert response.status_code == 404 and response.json()["error"]["type"] == "not_found_error"
     assert served.healthy()

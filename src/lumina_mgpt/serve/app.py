@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 
 from lumina_mgpt.errors import LuminaError
 from lumina_mgpt.generation.checks import check_integer
-from lumina_mgpt.model_folder import CHAT, EDIT
+from lumina_mgpt.model_folder import CHAT, EDIT, require_task
 from lumina_mgpt.serve.parsing import (
     CHAT_FIELDS,
     IMAGE_FIELDS,
@@ -259,14 +259,7 @@ def create_app(
 
     @app.post("/v1/images/edits")
     async def edits(request: Request) -> Response:
-        if EDIT not in pipe.tasks:
-            raise ApiError(
-                501,
-                f"image editing needs a model trained for it; this model's tasks are "
-                f"{', '.join(pipe.tasks)} (edits run on a model whose lumina.json lists {EDIT!r})",
-                kind="not_implemented",
-                code="task_not_supported",
-            )
+        require_model_task(pipe.tasks, EDIT)
         form = await request.form()
         upload, prompt = form.get("image"), form.get("prompt")
         if upload is None or isinstance(upload, str):
@@ -290,14 +283,7 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        if CHAT not in pipe.tasks:
-            raise ApiError(
-                501,
-                f"this model was not trained for chat (its tasks: {', '.join(pipe.tasks)}); chat needs "
-                f"a model whose lumina.json lists 'chat', such as an official Lumina-mGPT v1 folder",
-                kind="not_implemented",
-                code="task_not_supported",
-            )
+        require_model_task(pipe.tasks, CHAT)
         body = json_object(await request.body(), CHAT_FIELDS)
         check_model(body, model_id)
         if body.get("stream", False) is not False or body.get("n", 1) != 1:
@@ -352,6 +338,14 @@ def images_body(image: ImageRequest, pngs: list[bytes]) -> dict:
         "output_format": "png",
         "data": [{"b64_json": _b64(png), "seed": image.seed + index} for index, png in enumerate(pngs)],
     }
+
+
+def require_model_task(tasks, task: str) -> None:
+    """A 501 with the project's own refusal (`require_task`) unless the model was trained for `task`."""
+    try:
+        require_task(tasks, task)
+    except LuminaError as error:
+        raise ApiError(501, str(error), kind="not_implemented", code="task_not_supported") from None
 
 
 def as_api_error(error: BaseException) -> ApiError:
