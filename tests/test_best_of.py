@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_pipeline_api import count_engine_calls
 from test_tasks_api import PROJECT_TASKS, tiny_task_pipeline
 
 from lumina_mgpt.errors import GenerationError
@@ -48,15 +49,7 @@ def pipe(one_thread):
 @pytest.fixture
 def image_calls(pipe, monkeypatch):
     """The number of prompts of every engine.generate_images call."""
-    calls = []
-    original = pipe.engine.generate_images
-
-    def counted(prompts, *args, **kwargs):
-        calls.append(len(prompts))
-        return original(prompts, *args, **kwargs)
-
-    monkeypatch.setattr(pipe.engine, "generate_images", counted)
-    return calls
+    return count_engine_calls(pipe, monkeypatch)
 
 
 def plain(pipe, prompt, seeds):
