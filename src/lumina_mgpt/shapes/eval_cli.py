@@ -64,6 +64,15 @@ def _check_report_file(args: argparse.Namespace) -> None:
         check_output_folder(out.parent)
 
 
+def describe_image_settings(settings, window: int | None) -> str:
+    """The image sampling settings of an evaluation, as both evals print them."""
+    decoding = f"SJD window {window}" if window else "plain decoding"
+    return (
+        f"cfg {settings.cfg:g} ({settings.cfg_schedule}), temperature {settings.image.temperature:g}, "
+        f"top-k {settings.image.top_k}, top-p {settings.image.top_p:g}, {decoding}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
@@ -134,10 +143,7 @@ def _model_generator(args: argparse.Namespace):
     print(f"loading model from {info.folder}", file=sys.stderr)
     pipe = Pipeline.from_model_info(info, device=device, dtype=dtype, quant=args.quant)
     print(f"model: {info.folder} (layout {info.layout.name}, device {device})")
-    print(
-        f"settings: cfg {settings.cfg:g} ({settings.cfg_schedule}), temperature {settings.image.temperature:g}, "
-        f"top-k {settings.image.top_k}, top-p {settings.image.top_p:g}, " + (f"SJD window {window}" if window else "plain decoding")
-    )
+    print(f"settings: {describe_image_settings(settings, window)}")
     print(describe_quality(args, quality))
     generated = 0
 
@@ -196,11 +202,7 @@ def _run_tasks(args: argparse.Namespace) -> int:
     print(f"loading model from {info.folder}", file=sys.stderr)
     pipe = Pipeline.from_model_info(info, device=device, dtype=dtype, quant=args.quant)
     print(f"model: {info.folder} (layout {info.layout.name}, device {device})")
-    print(
-        f"image settings: cfg {settings.cfg:g} ({settings.cfg_schedule}), temperature {settings.image.temperature:g}, "
-        f"top-k {settings.image.top_k}, top-p {settings.image.top_p:g}, "
-        + (f"SJD window {window}" if window else "plain decoding") + "; text answers greedy"
-    )
+    print(f"image settings: {describe_image_settings(settings, window)}; text answers greedy")
     print(f"seed: {args.seed} (item k of a task uses seed {args.seed} + k); items per task: {limit}")
     print(f"text-to-image {describe_quality(args, quality)}")
 
