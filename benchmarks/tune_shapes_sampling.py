@@ -14,7 +14,7 @@ import itertools
 import time
 
 from lumina_mgpt.generation.pipeline import Pipeline
-from lumina_mgpt.shapes.evaluate import evaluate, limit_prompts
+from lumina_mgpt.shapes.evaluate import evaluate, limit_prompts, pipeline_generator
 from lumina_mgpt.shapes.prompts import build_eval_prompts, is_held_out
 
 VALIDATION_SEED = 2024
@@ -37,17 +37,7 @@ def main() -> None:
     print("| cfg | top-k | temperature | overall | seconds |")
     print("|---|---|---|---|---|")
     for cfg, top_k, temperature in itertools.product(args.cfg, args.top_k, args.temperature):
-        generated = 0
-
-        def generate(captions, width, height):
-            nonlocal generated
-            seed = args.seed + generated
-            generated += len(captions)
-            return pipe.generate(
-                captions, width=width, height=height, cfg=cfg, top_k=top_k, temperature=temperature, seed=seed,
-                progress=False,
-            )
-
+        generate = pipeline_generator(pipe, args.seed, cfg=cfg, top_k=top_k, temperature=temperature)
         start = time.perf_counter()
         report = evaluate(generate, prompts)
         seconds = time.perf_counter() - start

@@ -426,9 +426,25 @@ class Pipeline:
         verifier: object = None,
         think: str | ChatThinker | None = None,
     ) -> Iterator[Image.Image]:
-        """`generate`, yielding each image as soon as its batch is decoded (one batch in memory). The
-        arguments (verifiers and thinkers included) are checked when this is called, before the first image is
-        asked for; with `think`, the prompts are refined then too."""
+        """Text to image: yields num_images images per prompt, prompt-major, each as soon as its batch is
+        decoded (one batch in memory); `generate` returns them as a list.
+
+        width and height default to the model's size; image i of the whole call uses seed `seed + i`
+        (0 <= seed, seed + i <= 2**63-1), so results do not depend on batch_size; `seed` may also be a
+        list of one seed per image. cfg, top_k (>= 1), top_p (in (0, 1]) and temperature (0: greedy)
+        default to the model's (`self.defaults`; top_p 1.0), and so does cfg_schedule: "constant", or
+        "decay-to-4" as official Lumina-mGPT 2.0 (the default of its folders; see docs/FORMATS.md).
+        `sjd_window=L` (16 is usual) decodes with speculative Jacobi decoding: the same distribution of
+        images in fewer forwards, though not the same image for a seed as plain decoding. Each image
+        carries its prompt and settings in `image.info["parameters"]` (JSON), which `save_png` writes
+        into the PNG's text metadata. `think` refines each prompt before drawing it (`think_plan`): "self" (a
+        model trained for "rewrite"; `rewrite=True` is the same) or the URL of an OpenAI-compatible chat API;
+        the metadata keeps both prompts. `best_of=N` with `verifier` draws N candidates per image and returns
+        the one the verifiers rank first (`iter_best_of`); a verifier with best_of=1 scores every image.
+        Bad arguments raise GenerationError (FormatError for unrepresentable sizes) when this is called,
+        before the first image is asked for (verifiers and thinkers included); with `think`, the prompts
+        are refined then too.
+        """
         if rewrite:
             if think is not None:
                 raise GenerationError(f"rewrite=True is think='self'; give one of them, not both (think={think!r})")
@@ -485,48 +501,9 @@ class Pipeline:
                 yield choose(group, candidates.prompts[index], candidates.seeds[first: index + 1], verifiers)
                 group = []
 
-    def generate(
-        self,
-        prompts: str | Sequence[str],
-        width: int | None = None,
-        height: int | None = None,
-        num_images: int = 1,
-        seed: int | Sequence[int] = 0,
-        cfg: float | None = None,
-        top_k: int | None = None,
-        top_p: float = 1.0,
-        temperature: float | None = None,
-        cfg_schedule: str | None = None,
-        batch_size: int = 8,
-        on_row: RowCallback | None = None,
-        progress: bool = True,
-        sjd_window: int | None = None,
-        rewrite: bool = False,
-        best_of: int = 1,
-        verifier: object = None,
-        think: str | ChatThinker | None = None,
-    ) -> list[Image.Image]:
-        """Text to image. Returns num_images images per prompt, prompt-major.
-
-        width and height default to the model's size; image i of the whole call uses seed `seed + i`
-        (0 <= seed, seed + i <= 2**63-1), so results do not depend on batch_size; `seed` may also be a
-        list of one seed per image. cfg, top_k (>= 1), top_p (in (0, 1]) and temperature (0: greedy)
-        default to the model's (`self.defaults`; top_p 1.0), and so does cfg_schedule: "constant", or
-        "decay-to-4" as official Lumina-mGPT 2.0 (the default of its folders; see docs/FORMATS.md).
-        `sjd_window=L` (16 is usual) decodes with speculative Jacobi decoding: the same distribution of
-        images in fewer forwards, though not the same image for a seed as plain decoding. Each image
-        carries its prompt and settings in `image.info["parameters"]` (JSON), which `save_png` writes
-        into the PNG's text metadata. `think` refines each prompt before drawing it (`think_plan`): "self" (a
-        model trained for "rewrite"; `rewrite=True` is the same) or the URL of an OpenAI-compatible chat API;
-        the metadata keeps both prompts. `best_of=N` with `verifier` draws N candidates per image and returns
-        the one the verifiers rank first (`iter_best_of`); a verifier with best_of=1 scores every image.
-        Bad arguments raise GenerationError (FormatError for unrepresentable sizes) before any compute.
-        """
-        return list(self.iter_generate(
-            prompts, width=width, height=height, num_images=num_images, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p,
-            temperature=temperature, cfg_schedule=cfg_schedule, batch_size=batch_size, on_row=on_row, progress=progress,
-            sjd_window=sjd_window, rewrite=rewrite, best_of=best_of, verifier=verifier, think=think,
-        ))
+    def generate(self, prompts: str | Sequence[str], **options) -> list[Image.Image]:
+        """Text to image: `iter_generate`'s images as a list, prompt-major (its arguments, described there)."""
+        return list(self.iter_generate(prompts, **options))
 
     def __call__(
         self,

@@ -130,6 +130,7 @@ def _model_generator(args: argparse.Namespace):
     from lumina_mgpt.generation.cli import quality_options, sjd_window
     from lumina_mgpt.generation.pipeline import Pipeline, load_options, make_settings
     from lumina_mgpt.model_folder import read_model_info
+    from lumina_mgpt.shapes.evaluate import pipeline_generator
 
     check_integer("--batch-size", args.batch_size, 1, "prompts per generation call")
     window = check_sjd_window(sjd_window(args))
@@ -145,20 +146,10 @@ def _model_generator(args: argparse.Namespace):
     print(f"model: {info.folder} (layout {info.layout.name}, device {device})")
     print(f"settings: {describe_image_settings(settings, window)}")
     print(describe_quality(args, quality))
-    generated = 0
-
-    def generate_fn(captions, width, height):
-        # Consecutive seeds over the whole run, so no two prompts share one.
-        nonlocal generated
-        seed = args.seed + generated
-        generated += len(captions)
-        return pipe.generate(
-            captions, width=width, height=height, seed=seed, cfg=settings.cfg, top_k=settings.image.top_k,
-            top_p=settings.image.top_p, temperature=settings.image.temperature, cfg_schedule=settings.cfg_schedule,
-            sjd_window=window, progress=False, **quality,
-        )
-
-    return generate_fn
+    return pipeline_generator(
+        pipe, args.seed, cfg=settings.cfg, top_k=settings.image.top_k, top_p=settings.image.top_p,
+        temperature=settings.image.temperature, cfg_schedule=settings.cfg_schedule, sjd_window=window, **quality,
+    )
 
 
 def describe_quality(args: argparse.Namespace, quality: dict) -> str:

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lumina_mgpt.atomic import write_text_atomically
 from lumina_mgpt.errors import DataError
 from lumina_mgpt.shapes.analyze import score
 from lumina_mgpt.shapes.degrade import degrade
 from lumina_mgpt.shapes.prompts import EvalPrompt, load_eval_prompts
 from lumina_mgpt.shapes.spec import CATEGORIES
 from lumina_mgpt.shapes.world import render, scene_from_spec
-from lumina_mgpt.atomic import write_text_atomically
 
 # generate_fn(captions, width, height) -> one image per caption, each width x height.
 GenerateFn = Callable[[list[str], int, int], list[Image.Image]]
@@ -129,6 +129,20 @@ def evaluate(
     return Report(
         tuple(PromptResult(p.index, p.category, p.caption, correct[p.index]) for p in prompts)
     )
+
+
+def pipeline_generator(pipe, first_seed: int = 0, **options) -> GenerateFn:
+    """A generate_fn that draws with `pipe.generate(..., **options)`, seeding the images of the whole run
+    consecutively from `first_seed`, so no two prompts share a seed whatever the batching."""
+    generated = 0
+
+    def generate(captions: list[str], width: int, height: int) -> list[Image.Image]:
+        nonlocal generated
+        seed = first_seed + generated
+        generated += len(captions)
+        return pipe.generate(captions, width=width, height=height, seed=seed, progress=False, **options)
+
+    return generate
 
 
 def ground_truth_generator(
