@@ -283,26 +283,38 @@ def red_of(path) -> int:
         return image.getpixel((0, 0))[0]
 
 
-def test_save_png_never_clobbers_without_overwrite(tmp_path):
-    assert save_png(picture(1), tmp_path / "a.png") == tmp_path / "a.png"
-    assert save_png(picture(2), tmp_path / "a.png") == tmp_path / "a-1.png"
-    assert save_png(picture(3), tmp_path / "a.png") == tmp_path / "a-2.png"
-    assert [red_of(tmp_path / n) for n in ("a.png", "a-1.png", "a-2.png")] == [1, 2, 3]
-    assert save_png(picture(4), tmp_path / "a.png", overwrite=True) == tmp_path / "a.png"
-    assert red_of(tmp_path / "a.png") == 4
-    with Image.open(tmp_path / "a.png") as image:
+@pytest.fixture(params=["hard links", "no hard links"])
+def png_folder(request, tmp_path, monkeypatch):
+    """A folder to save PNGs into, on a filesystem with or without hard links (os.link refused)."""
+    if request.param == "no hard links":
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr("lumina_mgpt.generation.outputs.os.link", refuse)
+    return tmp_path
+
+
+def test_save_png_never_clobbers_without_overwrite(png_folder):
+    assert save_png(picture(1), png_folder / "a.png") == png_folder / "a.png"
+    assert save_png(picture(2), png_folder / "a.png") == png_folder / "a-1.png"
+    assert save_png(picture(3), png_folder / "a.png") == png_folder / "a-2.png"
+    assert [red_of(png_folder / n) for n in ("a.png", "a-1.png", "a-2.png")] == [1, 2, 3]
+    assert save_png(picture(4), png_folder / "a.png", overwrite=True) == png_folder / "a.png"
+    assert red_of(png_folder / "a.png") == 4
+    with Image.open(png_folder / "a.png") as image:
         assert json.loads(image.text["parameters"]) == {"value": 4}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1.png", "a-2.png", "a.png"]  # no temporaries
+    assert sorted(p.name for p in png_folder.iterdir()) == ["a-1.png", "a-2.png", "a.png"]  # no temporaries
 
 
-def test_writers_sharing_a_folder_and_names_lose_nothing(tmp_path):
+def test_writers_sharing_a_folder_and_names_lose_nothing(png_folder):
     writers, names = 4, 5
     errors = []
 
     def write(writer: int) -> None:
         try:
             for n in range(names):
-                save_png(picture(writer * names + n), tmp_path / f"{n:03d}-same.png")
+                save_png(picture(writer * names + n), png_folder / f"{n:03d}-same.png")
         except Exception as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
@@ -312,7 +324,7 @@ def test_writers_sharing_a_folder_and_names_lose_nothing(tmp_path):
     for thread in threads:
         thread.join()
     assert errors == []
-    files = sorted(tmp_path.iterdir())
+    files = sorted(png_folder.iterdir())
     assert all(f.suffix == ".png" and not f.name.startswith(".") for f in files)
     assert sorted(red_of(f) for f in files) == list(range(writers * names))
 

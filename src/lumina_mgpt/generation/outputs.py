@@ -61,13 +61,27 @@ def save_png(image: Image.Image, path: str | os.PathLike, overwrite: bool = Fals
         for number in range(1_000_000):
             candidate = path if number == 0 else path.with_name(f"{path.stem}-{number}{path.suffix}")
             try:
-                os.link(temp, candidate)
+                _claim(temp, candidate)
                 return candidate
             except FileExistsError:
                 continue
         raise GenerationError(f"no free name left for {path}: {path.stem}-1 to -999999 are all taken")
     finally:
         Path(temp).unlink(missing_ok=True)  # the image lives on under its final name
+
+
+def _claim(temp: str, path: Path) -> None:
+    """Give the finished file `temp` the name `path` unless that name exists (FileExistsError): a hard
+    link claims the name and the content in one step; where the filesystem has no hard links (some
+    network, FUSE and FAT mounts), an exclusive create claims the name and a rename moves the content in."""
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        with open(path, "x"):
+            pass
+        os.replace(temp, path)
 
 
 class OutputFolder:
