@@ -414,8 +414,24 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path):
         if interrupted.step % settings.save_every == 0:
             interrupted.save()
     assert (tmp_path / "part" / TRAINER_STATE_FILE).is_file()
+    interrupted.tokenizer.save_pretrained(tmp_path / "part")  # a crash after the folder's write, before the state's
     resumed = VQTrainer.resume(tmp_path / "part", images).run(progress=False)
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda path: path.write_bytes(path.read_bytes()[:100]), "truncated or damaged"),
+        (lambda path: torch.save({"step": 3}, path), "lacks settings, model, optimizer"),
+    ],
+)
+def test_resume_refuses_a_damaged_trainer_state_clearly(tmp_path, damage, message):
+    settings = TrainSettings(steps=2, batch_size=4, warmup_steps=1, save_every=1)
+    VQTrainer(ImageTokenizer(TINY), _training_images(), settings, tmp_path).run(progress=False)
+    damage(tmp_path / TRAINER_STATE_FILE)
+    with pytest.raises(ImageTokenizerError, match=message):
+        VQTrainer.resume(tmp_path, _training_images())
 
 
 def test_mixed_crop_sizes_cover_equal_pixels_per_step_and_resume_only_on_the_same_crops(tmp_path):

@@ -22,6 +22,23 @@ from lumina_mgpt.vision.tokenizer import ImageTokenizer
 TRAINER_STATE_FILE = "trainer_state.pt"
 
 
+_STATE_KEYS = ("settings", "model", "optimizer", "generator", "steps_since_used", "step", "history", "crop_shapes")
+
+
+def _read_trainer_state(path: Path) -> dict:
+    """A checked trainer_state.pt: readable and holding everything a resume needs."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, pickle errors... for damaged files
+        raise ImageTokenizerError(f"{path} is unreadable ({error}); the file is truncated or damaged") from error
+    missing = [key for key in _STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ImageTokenizerError(
+            f"{path} lacks {', '.join(missing)}: it is not a trainer state of this version; start the run anew"
+        )
+    return state
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """Optimization settings; saved with every checkpoint and reused on resume."""
@@ -91,15 +108,18 @@ class VQTrainer:
         state_file = Path(output) / TRAINER_STATE_FILE
         if not state_file.is_file():
             raise ImageTokenizerError(f"no {TRAINER_STATE_FILE} in {output}: nothing to resume")
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        state = _read_trainer_state(state_file)
         settings = TrainSettings(**state["settings"])
         if steps is not None:
             settings = dataclasses.replace(settings, steps=steps)
-        trainer = cls(ImageTokenizer.from_pretrained(output), images, settings, output)
-        saved_shapes = state.get("crop_shapes", "not recorded (saved by an older version)")
-        if saved_shapes != trainer._crop_shapes():
+        tokenizer = ImageTokenizer.from_pretrained(output)
+        # The weights come from the state file, which is written last: a crash between the folder's
+        # write and the state's leaves a newer folder beside the older state, and resuming stays exact.
+        tokenizer.load_state_dict(state["model"])
+        trainer = cls(tokenizer, images, settings, output)
+        if state["crop_shapes"] != trainer._crop_shapes():
             raise ImageTokenizerError(
-                f"{output} was trained on crops {saved_shapes}, not {trainer._crop_shapes()}: "
+                f"{output} was trained on crops {state['crop_shapes']}, not {trainer._crop_shapes()}: "
                 "resume with the same crop sizes and counts"
             )
         trainer.optimizer.load_state_dict(state["optimizer"])
@@ -203,6 +223,7 @@ class VQTrainer:
         self.tokenizer.save_pretrained(self.output)
         state = {
             "settings": dataclasses.asdict(self.settings),
+            "model": self.tokenizer.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "steps_since_used": self.steps_since_used,
