@@ -198,14 +198,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-export", action="store_true", help="train only; do not write into the package")
     args = parser.parse_args(argv)
+    from lumina_mgpt.shapes.build_report import record_build_time
+
+    def timed(name, step, *step_args):
+        started = time.perf_counter()
+        result = step(*step_args)
+        record_build_time(WORK, name, time.perf_counter() - started)  # build_report.py prints the totals
+        return result
 
     start = time.perf_counter()
-    render_data(WORK, args.data_scale, args.seed)
-    train_text_tokenizer(WORK)
-    train_image_tokenizer(WORK, args.seed)
-    write_project_metadata(WORK)
-    pretokenize_data(WORK, args.seed)
-    final = train_model(args.device, args.max_steps)
+    timed("render data", render_data, WORK, args.data_scale, args.seed)
+    timed("text tokenizer", train_text_tokenizer, WORK)
+    timed("image tokenizer", train_image_tokenizer, WORK, args.seed)
+    timed("metadata", write_project_metadata, WORK)
+    timed("pretokenize", pretokenize_data, WORK, args.seed)
+    final = timed("train", train_model, args.device, args.max_steps)
     if not args.no_export and (final / "config.json").is_file():
         from lumina_mgpt.model_folder import EMBEDDED_MODEL
 

@@ -1,0 +1,106 @@
+"""The shapes build's figures: tokens and losses per task from the shards, time and loss from the log."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+from model_fixtures import tiny_model
+
+from lumina_mgpt.errors import DataError
+from lumina_mgpt.formats import IGNORE_INDEX
+from lumina_mgpt.model import save_model
+from lumina_mgpt.shapes.build_report import (
+    main,
+    read_row_tasks,
+    record_build_time,
+    task_losses,
+    token_table,
+    training_summary,
+)
+
+# (group, task, ids, labels): labels are the ids where supervised, IGNORE_INDEX elsewhere.
+ROWS = [
+    ("single", "caption", [1, 5, 6, 7, 2], [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 7, 2]),
+    ("single", "vqa", [1, 8, 9, 3], [IGNORE_INDEX, IGNORE_INDEX, 9, 3]),
+    ("single", "caption", [1, 5, 4, 2], [IGNORE_INDEX, 5, 4, 2]),
+    ("panels", "edit_add", [1, 10, 11, 12, 13, 2], [IGNORE_INDEX, IGNORE_INDEX, 11, 12, 13, 2]),
+]
+
+
+def write_work(folder):
+    """A build work folder as the build leaves it: records, one shard per group, a training log."""
+    for group in ("single", "panels"):
+        rows = [row for row in ROWS if row[0] == group]
+        (folder / f"data-{group}").mkdir(parents=True)
+        (folder / f"data-{group}" / "records.jsonl").write_text(
+            "".join(json.dumps({"task": task, "conversations": []}) + "\n" for _, task, _, _ in rows)
+        )
+        tokens = folder / f"tokens-{group}"
+        tokens.mkdir()
+        table = pa.table({
+            "ids": [ids for _, _, ids, _ in rows],
+            "labels": [labels for _, _, _, labels in rows],
+            "source_id": [f"{folder}/data-{group}/records.jsonl:{n}" for n in range(1, len(rows) + 1)],
+        })
+        pq.write_table(table, tokens / "shard-00000.parquet")
+        (tokens / "manifest.json").write_text(json.dumps({"shards": [{"file": "shard-00000.parquet"}]}))
+    (folder / "run").mkdir()
+    # A first run logs steps 1-1200 and dies; resumed from its step-1000 checkpoint, the run logs 1001-2000
+    # again: the later lines are the run's history.
+    killed = [{"step": s, "tokens": 100 * s, "tokens_per_s": 50.0, "ce": 9.0} for s in range(1001, 1201)]
+    log = [{"step": s, "tokens": 100 * s, "tokens_per_s": 50.0, "ce": 3.0 - s / 1000} for s in range(1, 2001)]
+    log[1000:1000] = killed
+    (folder / "run" / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+
+
+def test_rows_are_counted_per_task_and_losses_are_cross_entropy_per_supervised_token(tmp_path):
+    write_work(tmp_path)
+    rows = read_row_tasks(tmp_path)
+    assert {task: len(task_rows) for task, task_rows in rows.items()} == {"caption": 2, "vqa": 1, "edit_add": 1}
+    table = {row["task"]: row for row in token_table(rows)}
+    assert table["caption"] == {"task": "caption", "records": 2, "tokens": 9, "supervised": 5}
+    assert table["edit_add"]["supervised"] == 4
+
+    model = tiny_model()
+    save_model(model, tmp_path / "model")
+    losses = task_losses(tmp_path / "model", rows, count=8)
+    with torch.no_grad():
+        scored, targets = [], []
+        for _, task, ids, labels in ROWS:
+            if task == "caption":
+                logits = model(torch.tensor([ids]))[0, :-1]
+                keep = torch.tensor(labels[1:]) != IGNORE_INDEX
+                scored.append(logits[keep])
+                targets.append(torch.tensor(labels[1:])[keep])
+        expected = F.cross_entropy(torch.cat(scored), torch.cat(targets)).item()
+    assert losses["caption"] == pytest.approx(expected, rel=1e-4)
+    assert task_losses(tmp_path / "model", rows, count=1)["caption"] != pytest.approx(expected, rel=1e-4)
+
+
+def test_training_summary_counts_each_step_once_and_build_times_add_up(tmp_path, capsys):
+    write_work(tmp_path)
+    summary = training_summary(tmp_path / "run" / "log.jsonl")
+    assert summary["steps"] == 2000 and summary["tokens"] == 200_000
+    assert summary["compute_seconds"] == pytest.approx(200_000 / 50.0)
+    assert summary["loss_curve"][1000] == pytest.approx(np.mean([3.0 - s / 1000 for s in range(901, 1001)]))
+    assert summary["loss_curve"][2000] == summary["final_loss"] == pytest.approx(3.0 - 1950.5 / 1000)
+    record_build_time(tmp_path, "train", 60.0)
+    record_build_time(tmp_path, "train", 30.0)
+    assert main(["--work", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| train | 1.5 |" in out and "2,000 steps" in out and "| caption | 2 | 9 | 5 |" in out
+
+
+def test_a_work_folder_without_data_is_a_clear_error(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.jsonl").write_text("")
+    with pytest.raises(DataError, match="build the data first"):
+        read_row_tasks(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["--work", str(tmp_path)])
