@@ -43,11 +43,13 @@ def write_work(folder):
         )
         tokens = folder / f"tokens-{group}"
         tokens.mkdir()
-        table = pa.table({
-            "ids": [ids for _, _, ids, _ in rows],
-            "labels": [labels for _, _, _, labels in rows],
-            "source_id": [f"{folder}/data-{group}/records.jsonl:{n}" for n in range(1, len(rows) + 1)],
-        })
+        table = pa.table(
+            {
+                "ids": [ids for _, _, ids, _ in rows],
+                "labels": [labels for _, _, _, labels in rows],
+                "source_id": [f"{folder}/data-{group}/records.jsonl:{n}" for n in range(1, len(rows) + 1)],
+            }
+        )
         pq.write_table(table, tokens / "shard-00000.parquet")
         (tokens / "manifest.json").write_text(json.dumps({"shards": [{"file": "shard-00000.parquet"}]}))
     (folder / "run").mkdir()

@@ -34,7 +34,9 @@ def read_row_tasks(work: Path) -> dict[str, list[tuple[str, np.ndarray, np.ndarr
         records = work / f"data-{group}" / "records.jsonl"
         manifest = work / f"tokens-{group}" / "manifest.json"
         if not records.is_file() or not manifest.is_file():
-            raise DataError(f"{work} has no {records.name} or {manifest.name} for the {group} group: build the data first")
+            raise DataError(
+                f"{work} has no {records.name} or {manifest.name} for the {group} group: build the data first"
+            )
         with open(records, encoding="utf-8") as file:
             task_of_line = {number: json.loads(line)["task"] for number, line in enumerate(file, 1)}
         for shard in json.loads(manifest.read_text())["shards"]:
@@ -97,10 +99,7 @@ def training_summary(log_file: Path, window: int = 100) -> dict:
         seconds += (record["tokens"] - previous_tokens) / record["tokens_per_s"]
         previous_tokens = record["tokens"]
     losses = np.array([records[s]["ce"] for s in steps])
-    curve = {
-        mark: float(losses[max(0, mark - window) : mark].mean())
-        for mark in range(1000, len(steps) + 1, 1000)
-    }
+    curve = {mark: float(losses[max(0, mark - window) : mark].mean()) for mark in range(1000, len(steps) + 1, 1000)}
     return {
         "steps": len(steps),
         "tokens": records[steps[-1]]["tokens"] if steps else 0,
