@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -70,6 +71,10 @@ def test_hub_id_without_network_or_cache_names_the_download_command(tmp_path):
     assert f"hf download {REPO_ID} --local-dir DIR" in result.stdout
 
 
+def embedded_vocab_size() -> int:
+    return json.loads((EMBEDDED_MODEL / "config.json").read_text())["vocab_size"]
+
+
 def test_pipeline_loads_a_hub_id_from_the_cache(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
@@ -80,7 +85,7 @@ def test_pipeline_loads_a_hub_id_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     pipe = Pipeline.from_pretrained(REPO_ID, device="cpu")
     (image,) = pipe.generate("a red circle", width=32, height=32, progress=False)
-    assert image.size == (32, 32) and pipe.layout.vocab_size == 1487
+    assert image.size == (32, 32) and pipe.layout.vocab_size == embedded_vocab_size()
 
 
 def test_tokenize_reads_the_models_own_vocabulary_grid_and_size(tmp_path):
@@ -89,5 +94,5 @@ def test_tokenize_reads_the_models_own_vocabulary_grid_and_size(tmp_path):
         code = f"from lumina_mgpt.cli import main; main(['tokenize', 'a red circle', *{model!r}])"
         result = run_python(code, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
         assert result.returncode == 0, result.stderr
-        assert "layout: compact (vocab 1487," in result.stdout
+        assert f"layout: compact (vocab {embedded_vocab_size()}," in result.stdout
         assert "image: 64x64 -> grid 8x8 (rows x cols), block 76 ids" in result.stdout

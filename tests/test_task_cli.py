@@ -46,6 +46,14 @@ def model_folder(tmp_path_factory, one_thread):
     return str(folder)
 
 
+@pytest.fixture(scope="module")
+def draw_only_folder(tmp_path_factory, one_thread):
+    """A project folder of a tiny random model trained (as its lumina.json says) only to draw."""
+    folder = tmp_path_factory.mktemp("draw-only")
+    tiny_task_pipeline(tasks=("text-to-image",)).save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.fixture
 def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
@@ -97,9 +105,9 @@ def test_argument_errors_exit_with_usage(argv, capsys):
 
 
 REFUSED = [
-    (["edit", "{scene}", "make it blue"], GenerationError,
+    (["edit", "{scene}", "make it blue", "--model", "{draw_only}"], GenerationError,
      "this model was not trained for 'edit' \\(its tasks: text-to-image\\)"),
-    (["caption", "{scene}"], GenerationError, "this model was not trained for 'caption'"),
+    (["caption", "{scene}", "--model", "{draw_only}"], GenerationError, "this model was not trained for 'caption'"),
     (["edit", "{missing}", "make it blue"], FormatError, "does not exist"),
     (["control", "{scene}", "a circle", "--kind", "depth", "--model", "{model}"], GenerationError,
      "control kind 'depth' is not one this project model draws from; accepted: edges"),
@@ -117,9 +125,10 @@ REFUSED = [
 
 
 @pytest.mark.parametrize("argv, error, message", REFUSED)
-def test_bad_requests_are_refused_before_the_model_loads(argv, error, message, scene_file, model_folder, tmp_path,
-                                                         no_model_load):  # fmt: skip
-    names = {"scene": scene_file, "missing": str(tmp_path / "missing.png"), "model": model_folder}
+def test_bad_requests_are_refused_before_the_model_loads(argv, error, message, scene_file, model_folder,
+                                                         draw_only_folder, tmp_path, no_model_load):  # fmt: skip
+    names = {"scene": scene_file, "missing": str(tmp_path / "missing.png"), "model": model_folder,
+             "draw_only": draw_only_folder}  # fmt: skip
     args = parser().parse_args([part.format(**names) for part in argv])
     with pytest.raises(error, match=message):
         task_cli.run(args)
@@ -167,14 +176,16 @@ def test_generate_rewrite_draws_the_rewrite_and_keeps_both_prompts(model_folder,
     assert f"rewrote 'A RED CIRCLE, please' as {meta['rewritten_prompt']!r}" in captured.err
 
 
-def test_generate_rewrite_is_refused_before_loading_a_model_without_it(no_model_load, tmp_path, capsys):
+def test_generate_rewrite_is_refused_before_loading_a_model_without_it(draw_only_folder, no_model_load, tmp_path,
+                                                                      capsys):  # fmt: skip
     from lumina_mgpt.cli import main
 
-    assert main(["generate", "a red circle", "--rewrite", "--out", str(tmp_path / "out")]) == 2
+    model = ["--model", draw_only_folder]
+    assert main(["generate", "a red circle", "--rewrite", "--out", str(tmp_path / "out"), *model]) == 2
     assert "not trained for 'rewrite'" in capsys.readouterr().err
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n")
-    assert main(["generate", "--prompts", str(prompts), "--rewrite", "--out", str(tmp_path / "out")]) == 2
+    assert main(["generate", "--prompts", str(prompts), "--rewrite", "--out", str(tmp_path / "out"), *model]) == 2
     assert "--rewrite works with prompts given as arguments" in capsys.readouterr().err
 
 

@@ -252,7 +252,14 @@ def decode_image(data: bytes, where: str, max_pixels: int) -> Image.Image:
                 code="image_too_large",
             )
         return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+    except UnidentifiedImageError:
+        raise ApiError(
+            400,
+            f"{where} ({len(data)} bytes) is not in an image format PIL knows; send PNG, JPEG or WebP bytes",
+            param=where,
+            code="invalid_image",
+        ) from None
+    except (OSError, Image.DecompressionBombError) as error:
         raise ApiError(
             400,
             f"{where} is not an image PIL can read ({error}); send PNG, JPEG or WebP bytes",
