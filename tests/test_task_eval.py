@@ -11,6 +11,8 @@ from test_tasks_api import tiny_task_pipeline
 from lumina_mgpt.cli import main
 from lumina_mgpt.errors import DataError, GenerationError
 from lumina_mgpt.generation.pipeline import Pipeline
+from lumina_mgpt.model_folder import read_model_info
+from lumina_mgpt.shapes import task_eval
 from lumina_mgpt.shapes.task_eval import (
     EVAL_TASKS,
     REWRITE_DRAW,
@@ -109,5 +111,16 @@ def test_the_embedded_model_is_evaluated_on_what_it_was_trained_for(capsys):
     assert main(["eval", "tasks", "--limit", "1"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in EVAL_TASKS}
-    assert set(rows) == set(EVAL_TASKS)
-    assert "not in the model's tasks" in rows["vqa"] and "analyzer pass" in rows["text_to_image"]
+    assert set(rows) == set(EVAL_TASKS) and "analyzer pass" in rows["text_to_image"]
+    chosen, not_trained = choose_tasks(read_model_info().tasks, None)
+    assert all("not in the model's tasks" in rows[task] for task in not_trained)
+    assert not any("not in the model's tasks" in rows[task] for task in chosen)
+
+
+def test_tuning_items_come_from_another_seed_than_the_held_out_ones(pipe, monkeypatch):
+    asked = []
+    original = task_eval.eval_items
+    monkeypatch.setattr(task_eval, "eval_items", lambda *args: asked.append(args) or original(*args))
+    evaluate_tasks(pipe, ["vqa"], limit=1)
+    evaluate_tasks(pipe, ["vqa"], limit=1, item_seed=2024)
+    assert asked == [("vqa", 1, task_eval.ITEM_SEED), ("vqa", 1, 2024)] and task_eval.ITEM_SEED != 2024

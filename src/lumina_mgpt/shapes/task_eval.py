@@ -162,9 +162,11 @@ def evaluate_tasks(
     sampling: dict | None = None,
     progress: Callable[[str, int], None] | None = None,
     drawing: dict | None = None,
+    item_seed: int = ITEM_SEED,
 ) -> TaskReport:
     """Run and score the first `limit` held-out items of each task (all EVAL_TASKS the model has when
-    `tasks` is None; see `choose_tasks`); item k of a task samples with seed + k.
+    `tasks` is None; see `choose_tasks`); item k of a task samples with seed + k. `item_seed` picks
+    another set of items (for tuning: never the held-out ITEM_SEED).
 
     `sampling` (cfg, top_k, top_p, temperature, cfg_schedule, sjd_window) applies to image answers; text
     answers are read greedily. `drawing` (best_of, verifier, think: see `Pipeline.generate`) applies to the
@@ -177,7 +179,7 @@ def evaluate_tasks(
     drawing = dict(drawing or {})
     results: list[ItemResult] = []
     for task in chosen:
-        items = eval_items("text_to_image" if task == REWRITE_DRAW else task, limit, ITEM_SEED)
+        items = eval_items("text_to_image" if task == REWRITE_DRAW else task, limit, item_seed)
         seeds = [seed + k for k in range(len(items))]
         outputs, texts = _answer(pipe, task, items, seeds, batch_size, sampling, drawing)
         for item, output, text in zip(items, outputs, texts):
