@@ -91,19 +91,21 @@ def test_the_json_report_keeps_scores_variants_and_answers(pipe, tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["eval", "tasks", "--task", "caption"], "not trained for 'caption' \\(its tasks: text-to-image\\)"),
+        (["eval", "tasks", "--task", "caption", "--model", "{draw_only}"],
+         "not trained for 'caption' \\(its tasks: text-to-image\\)"),
         (["eval", "tasks", "--task", "dance"], "unknown eval task 'dance'"),
         (["eval", "tasks", "--ground-truth"], "--ground-truth and --degrade check ShapesEval's analyzer"),
         (["eval", "tasks", "--limit", "0"], "--limit must be an integer >= 1"),
         (["eval", "shapes", "--task", "vqa"], "ShapesEval has none: drop --task"),
     ],
 )
-def test_bad_eval_requests_are_refused_before_the_model_loads(argv, message, capsys, monkeypatch):
+def test_bad_eval_requests_are_refused_before_the_model_loads(argv, message, capsys, monkeypatch, tmp_path):
     def refuse(*args, **kwargs):
         raise AssertionError("the model loaded")
 
+    tiny_task_pipeline(tasks=("text-to-image",)).save_pretrained(tmp_path / "draw-only")
     monkeypatch.setattr(Pipeline, "from_model_info", refuse)
-    assert main(argv) == 2
+    assert main([part.format(draw_only=tmp_path / "draw-only") for part in argv]) == 2
     assert message.replace("\\", "") in capsys.readouterr().err
 
 
