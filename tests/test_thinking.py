@@ -149,7 +149,9 @@ def test_answers_without_a_final_prompt_are_refused(answer):
 def test_bad_thinking_options_are_refused_before_the_model_loads(tmp_path, capsys):
     assert main(["generate", "a red circle", "--think", "gpt", "--out", str(tmp_path / "out")]) == 2
     assert "unknown thinker 'gpt'; accepted: 'self'" in capsys.readouterr().err
-    assert main(["generate", "a red circle", "--think", "self", "--out", str(tmp_path / "out")]) == 2
+    tiny_task_pipeline(tasks=("text-to-image",)).save_pretrained(tmp_path / "draw-only")
+    argv = ["generate", "a red circle", "--think", "self", "--model", str(tmp_path / "draw-only")]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
     assert "not trained for 'rewrite'" in capsys.readouterr().err
     with pytest.raises(GenerationError, match="thinking timeout must be a number of seconds > 0"):
         ChatThinker("http://127.0.0.1:1/v1", timeout_s=0)
