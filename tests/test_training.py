@@ -186,6 +186,9 @@ def test_example_recipes_parse():
     assert [s.target_size for s in v2.stages] == [256, 512, 768]
     assert [s.lr for s in v2.stages] == [2e-4, 2e-5, 2e-5]
     assert Recipe.from_file(recipes / "tiny-overfit.toml").model.preset == "tiny"
+    parsed = {path.name: Recipe.from_file(path) for path in recipes.glob("*.toml")}
+    main, text = parsed["shapes-multitask.toml"], parsed["shapes-multitask-text.toml"]
+    assert text.model.path == main.output_dir / "final"  # the text stage continues the main run's model
 
 
 # ---------------------------------------------------------------------------- pieces

@@ -1,13 +1,15 @@
 """Build the embedded shapes model with the project's own pipeline, one resumable step at a time:
 
 1. render the task world's training records (shapes/tasks.py): 64 px canvases (text to image,
-   captions, visual questions, rewrites) and 64x128 dual panels (editing, control, subject, maps),
-2. train a lower-casing byte-level BPE on their text,
+   captions, visual questions, rewrites), 64x128 dual panels (editing, control, subject, maps), and a
+   group of fresh caption, question and rewrite records for the text stage,
+2. train a lower-casing byte-level BPE on the text of the first two groups,
 3. train the patch-local VQ image tokenizer on the task world's images (shapes/vq_images.py),
 4. write the project assets (tokenizer.json, image_tokenizer/, lumina.json with the layout and tasks),
 5. `lumina pretokenize` each group at its target size (64 for canvases, 96 for the dual panels),
-6. `lumina train recipes/shapes-multitask.toml`,
-7. export the final model, in bf16, into the package (src/lumina_mgpt/assets/shapes-model).
+6. `lumina train recipes/shapes-multitask.toml`, then `lumina train recipes/shapes-multitask-text.toml`
+   from its final model,
+7. export the text stage's final model, in bf16, into the package (src/lumina_mgpt/assets/shapes-model).
 
     python -m lumina_mgpt.shapes.build            # from the repository root; see --help
 
@@ -25,7 +27,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
-RECIPE = REPO / "recipes" / "shapes-multitask.toml"
+# The main recipe, then a short text stage on fresh records of the tasks that answer in words.
+RECIPES = (REPO / "recipes" / "shapes-multitask.toml", REPO / "recipes" / "shapes-multitask-text.toml")
 WORK = REPO / "runs" / "multitask"  # the recipe's paths point here
 # Records per task. Canvas tasks pretokenize at 64 (64x64, 80x48, 48x80 are its buckets), dual panels
 # at 96 (64x128 is a bucket of 96, not of 64).
@@ -34,7 +37,9 @@ PANEL_COUNTS = {
     "edit_recolor": 8000, "edit_move": 8000, "edit_add": 8000, "edit_remove": 8000,
     "control_edges": 10000, "subject": 10000, "segmentation": 10000, "edges": 10000,
 }
-GROUPS = {"single": (SINGLE_COUNTS, 64), "panels": (PANEL_COUNTS, 96)}
+TEXT_COUNTS = {"caption": 30000, "vqa": 60000, "rewrite": 80000}  # the text stage's (rendered with another seed)
+GROUPS = {"single": (SINGLE_COUNTS, 64), "panels": (PANEL_COUNTS, 96), "text": (TEXT_COUNTS, 64)}
+BPE_GROUPS = ("single", "panels")
 # The fixed dual-panel sentence and the size phrases repeat in every record: a vocabulary of 1,024
 # learns them as a few tokens each (512 spelled the panel sentence in ~126 tokens).
 BPE_VOCAB = 1024
@@ -81,7 +86,7 @@ def train_text_tokenizer(work: Path) -> None:
     if target.is_file():
         return
     log("training the lower-casing BPE text tokenizer")
-    texts = [text for name in GROUPS for text in record_texts(work / f"data-{name}" / RECORDS_FILE)]
+    texts = [text for name in BPE_GROUPS for text in record_texts(work / f"data-{name}" / RECORDS_FILE)]
     target.parent.mkdir(parents=True, exist_ok=True)
     TextTokenizer.train_bpe(texts, vocab_size=BPE_VOCAB, lowercase=True).save(target)
 
@@ -156,10 +161,12 @@ def pretokenize_data(work: Path, seed: int) -> None:
             raise SystemExit(code)
 
 
-def train_model(device: str | None, max_steps: int | None) -> Path:
+def train_model(recipe: Path, device: str | None, max_steps: int | None) -> Path:
+    """Run (or resume) one recipe; returns its final model folder."""
     from lumina_mgpt.cli import main
+    from lumina_mgpt.training.recipe import Recipe
 
-    args = ["train", str(RECIPE), "--resume"]
+    args = ["train", str(recipe), "--resume"]
     if device:
         args += ["--device", device]
     if max_steps:
@@ -167,7 +174,7 @@ def train_model(device: str | None, max_steps: int | None) -> Path:
     log(f"training: lumina {' '.join(args)}")
     if main(args):
         raise SystemExit("training failed")
-    return WORK / "run" / "final"
+    return Recipe.from_file(recipe).output_dir / "final"
 
 
 def export(model_folder: Path, destination: Path) -> None:
@@ -191,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--data-scale", type=float, default=1.0,
-        help="multiply every task's record count (default: 1.0, 192,000 records; 0.01 for a smoke build)",
+        help="multiply every task's record count (default: 1.0, 362,000 records; 0.01 for a smoke build)",
     )
     parser.add_argument("--max-steps", type=int, help="stop training after this many steps (resume later)")
     parser.add_argument("--device", help="training device (default: CUDA when present)")
@@ -212,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     timed("image tokenizer", train_image_tokenizer, WORK, args.seed)
     timed("metadata", write_project_metadata, WORK)
     timed("pretokenize", pretokenize_data, WORK, args.seed)
-    final = timed("train", train_model, args.device, args.max_steps)
+    for recipe in RECIPES:
+        final = timed(f"train {recipe.stem}", train_model, recipe, args.device, args.max_steps)
+        if not (final / "config.json").is_file():
+            break  # stopped by --max-steps: the next recipe starts from this one's final model
     if not args.no_export and (final / "config.json").is_file():
         from lumina_mgpt.model_folder import EMBEDDED_MODEL
 
