@@ -31,6 +31,7 @@ from lumina_mgpt.generation.best_of import candidate_seeds, choose
 from lumina_mgpt.generation.pipeline import Pipeline
 from lumina_mgpt.generation.verifiers import load_verifiers, ranks
 from lumina_mgpt.shapes.analyze import score
+from lumina_mgpt.shapes.evaluate import limit_prompts
 from lumina_mgpt.shapes.prompts import load_eval_prompts
 
 
@@ -98,7 +99,9 @@ def main() -> None:
     parser.add_argument("--device", help="default: cuda when available, else cpu")
     parser.add_argument("--verifier", help="a verifier spec, e.g. self (default: the colorfulness stand-in)")
     parser.add_argument("--size", type=int, default=64, help="square image side in pixels (default: 64)")
-    parser.add_argument("--prompts", type=int, default=4, help="ShapesEval prompts per mode (default: 4)")
+    parser.add_argument(
+        "--prompts", type=int, default=4, help="ShapesEval prompts, in its category shares (default: 4)"
+    )
     parser.add_argument("--n", type=int, nargs="+", default=[1, 4, 8], help="candidates per prompt (default: 1 4 8)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds over all modes; the fastest counts (default: 2)")
     parser.add_argument(
@@ -113,7 +116,7 @@ def main() -> None:
     pipe = Pipeline.from_pretrained(args.model, device=args.device)
     device = next(pipe.model.parameters()).device
     verifier = args.verifier or colorfulness
-    evaluated = list(load_eval_prompts())[: args.prompts]
+    evaluated = limit_prompts(load_eval_prompts(), args.prompts)  # every category, in ShapesEval's shares
     prompts = [p.caption for p in evaluated]
     name = device_name(device)
     canvas = "each prompt's ShapesEval canvas" if args.roc_auc is not None else f"{args.size}x{args.size}"
