@@ -7,6 +7,7 @@ import math
 import re
 import shutil
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from lumina_mgpt.model_folder import (
     Defaults,
     read_model_info,
     read_project_file,
+    write_project_file,
 )
 
 SIZE = dict(width=32, height=32)  # the embedded layout's smallest square with a few rows: 4 x 4 codes
@@ -223,12 +225,26 @@ def write_bad_project(tmp_path, edit) -> Path:
     (lambda m: m["defaults"].update(size=[64, 70]), "image size 64x70 is not accepted"),
     (lambda m: m.update(tasks=["dance"]), "tasks is ['dance'], expected a non-empty list drawn from"),
     (lambda m: m["layout"].pop("pad_id"), "bad layout description: missing ['pad_id']"),
+    (lambda m: m["defaults"].update(per_task={"edit": {"cfg": "1"}}), "defaults.per_task is an object"),
+    (lambda m: m["defaults"].update(per_task={"dance": {"cfg": 1.0}}), "per_task has 'dance': {'cfg': 1.0}; accepted"),
+    (lambda m: m["defaults"].update(per_task={"edit": {"top_p": 0.5}}), "each with some of ['cfg', 'temperature'"),
+    (lambda m: m["defaults"].update(per_task={"edit": {"cfg": -2}}), "cfg must be a finite number >= 0"),
 ])
 def test_lumina_json_with_wrong_fields_names_the_field(tmp_path, edit, message):
     folder = write_bad_project(tmp_path, edit)
     with pytest.raises((GenerationError, FormatError), match=re.escape(message)) as raised:
         read_project_file(folder)
     assert str(raised.value).startswith(str(folder / PROJECT_FILE))
+
+
+def test_per_task_defaults_round_trip_through_lumina_json(tmp_path):
+    layout, defaults, tasks = read_project_file(EMBEDDED_MODEL)
+    tuned = replace(defaults, per_task={"edit": {"cfg": 1.0, "temperature": 0.0}})
+    write_project_file(tmp_path, layout, tuned, tasks)
+    assert read_project_file(tmp_path)[1] == tuned
+    assert tuned.for_task("edit") == replace(defaults, cfg=1.0, temperature=0.0) and tuned.for_task("edges") == defaults
+    write_project_file(tmp_path, layout, defaults, tasks)
+    assert "per_task" not in json.loads((tmp_path / PROJECT_FILE).read_text())["defaults"]  # only when set
 
 
 def test_lumina_json_that_is_not_json_is_refused(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,30 @@ def test_requests_share_engine_calls_and_each_has_its_seed(pipe, engine_calls):
     assert [len(call["prompts"]) for call in engine_calls] == [2, 1]
     assert [json.loads(image.info["parameters"])["seed"] for image in images] == [10, 11, 12]
     assert [len(call["given_rows"]) for call in engine_calls] == [2, 1]
+
+
+def test_per_task_defaults_choose_each_requests_sampling_and_arguments_override_them(pipe, monkeypatch):
+    scene = training_record("edit_move", 0, 0).images[0].crop((0, 0, *PANEL))
+    per_task = {"edit": {"cfg": 1.0, "temperature": 0.0}, "edges": {"image_top_k": 4}}
+    tuned = Pipeline(pipe.model, pipe.text_tokenizer, pipe.image_tokenizer, pipe.layout,
+                     replace(pipe.defaults, per_task=per_task), tasks=pipe.tasks)  # fmt: skip
+    calls = []
+    decode = tuned.engine.generate_images
+    monkeypatch.setattr(tuned.engine, "generate_images", lambda prompts, *args, **kwargs: calls.append(
+        (args[2].cfg, args[2].image.temperature, args[2].image.top_k, len(prompts))) or decode(prompts, *args, **kwargs))
+    requests = [TaskRequest("edit", "move the circle left", scene), TaskRequest("edges", "", scene),
+                TaskRequest("edit", "move the circle up", scene), TaskRequest("segmentation", "", scene)]  # fmt: skip
+    images = tuned.run_image_tasks(requests, seed=3)
+    cfg, temperature, top_k = pipe.defaults.cfg, pipe.defaults.temperature, pipe.defaults.image_top_k
+    # One engine call per (size, settings): the two edits together, each map with its own settings.
+    assert calls == [(1.0, 0.0, top_k, 2), (cfg, temperature, 4, 1), (cfg, temperature, top_k, 1)]
+    meta = [json.loads(image.info["parameters"]) for image in images]
+    assert [(m["seed"], m["cfg"], m["image_sampling"]["top_k"]) for m in meta] == [
+        (3, 1.0, top_k), (4, cfg, 4), (5, 1.0, top_k), (6, cfg, top_k)
+    ]
+    calls.clear()
+    tuned.run_image_tasks(requests[:1], cfg=2.0)  # an argument wins over the task's default
+    assert calls == [(2.0, 0.0, top_k, 1)]
 
 
 def test_answer_images_carry_task_inputs_and_settings_into_the_png(pipe, tmp_path):

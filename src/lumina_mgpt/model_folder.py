@@ -37,7 +37,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +125,15 @@ PROJECT_DEFAULT_TASKS = (TEXT_TO_IMAGE,)
 _OMNI_NAME = re.compile(r"-omni$", re.IGNORECASE)
 
 
+# What a model may set apart for one task (Defaults.per_task).
+PER_TASK_KEYS = ("cfg", "temperature", "image_top_k")
+
+
 @dataclass(frozen=True)
 class Defaults:
-    """Sampling defaults of a model: what `generate` uses when an argument is left out."""
+    """Sampling defaults of a model: what `generate` uses when an argument is left out. `per_task` maps a
+    task (TASKS) to the values of PER_TASK_KEYS its methods use instead (an edit copies most of its
+    input, and may want no guidance where drawing from text wants some); see `for_task`."""
 
     image_top_k: int
     text_top_k: int
@@ -135,6 +141,7 @@ class Defaults:
     cfg: float
     size: tuple[int, int]
     cfg_schedule: str = "constant"
+    per_task: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self):
         check_top_k("image_top_k", self.image_top_k)
@@ -144,6 +151,17 @@ class Defaults:
         check_cfg_schedule(self.cfg_schedule)
         if not (isinstance(self.size, tuple) and len(self.size) == 2):
             raise GenerationError(f"size must be a (width, height) tuple of pixels, got {self.size!r}")
+        for task, values in self.per_task.items():
+            if task not in TASKS or not isinstance(values, dict) or not set(values) <= set(PER_TASK_KEYS):
+                raise GenerationError(
+                    f"per_task has {task!r}: {values!r}; accepted: task names of {list(TASKS)}, each with some of "
+                    f"{list(PER_TASK_KEYS)}"
+                )
+            self.for_task(task)  # checks the values
+
+    def for_task(self, task: str) -> Defaults:
+        """The defaults `task`'s methods use: these, with the task's own values where `per_task` has them."""
+        return replace(self, **self.per_task.get(task, {}), per_task={})
 
 
 # Official sampling defaults (docs/FORMATS.md, "Sampling defaults"); v2's plain decoding decays its guidance.
@@ -246,10 +264,16 @@ _JSON_FIELDS = {
         "size": ("a list of two integers [width, height]",
                  lambda v: isinstance(v, list) and len(v) == 2 and all(map(is_integer, v))),
         "cfg_schedule": (f"one of {', '.join(CFG_SCHEDULES)}", lambda v: v in CFG_SCHEDULES),
+        "per_task": (
+            f"an object of task -> {{some of {', '.join(PER_TASK_KEYS)}: number}}",
+            lambda v: isinstance(v, dict)
+            and all(isinstance(x, dict) and all(is_number(n) for n in x.values()) for x in v.values()),
+        ),
     },
 }
-# lumina.json files written before the guidance schedule existed guide with a constant scale.
-_OPTIONAL_DEFAULTS = {"cfg_schedule"}
+# Optional: files written before the guidance schedule existed guide with a constant scale; per_task is
+# only there when a task samples apart.
+_OPTIONAL_DEFAULTS = {"cfg_schedule", "per_task"}
 
 
 def _json_type(value: object) -> str:
@@ -299,9 +323,12 @@ def write_project_file(
     folder: str | os.PathLike, layout: VocabLayout, defaults: Defaults, tasks: Sequence[str] = PROJECT_DEFAULT_TASKS
 ) -> Path:
     """Write the `lumina.json` that makes a model folder a project folder (layout, sampling defaults, tasks)."""
+    values = {**asdict(defaults), "size": list(defaults.size)}
+    if not defaults.per_task:
+        del values["per_task"]
     meta = {
         "layout": layout.to_dict(),
-        "defaults": {**asdict(defaults), "size": list(defaults.size)},
+        "defaults": values,
         "tasks": list(check_tasks(tasks)),
     }
     return write_text_atomically(Path(folder) / PROJECT_FILE, json.dumps(meta, indent=2))

@@ -619,24 +619,29 @@ class Pipeline:
 
         Request i uses seed `seed + i` (or seed[i]). width x height is the answer's size: by default one
         panel of the family (64x64 for project models, 512x512 for official v2) or, on official v1, the
-        input's resolution bucket. Sampling defaults to the model's (official v1: cfg 1.0, image top-k
-        200, as its Omni code); `sjd_window` decodes speculatively, as in `generate`. Each image carries its task, inputs (text, kind, subject, the input
-        image's size and sha256) and settings in `image.info["parameters"]` (JSON), as `generate`'s do.
+        input's resolution bucket. Sampling defaults to the model's, with what its lumina.json sets apart
+        for the task (`Defaults.per_task`; official v1: cfg 1.0, image top-k 200, as its Omni code);
+        `sjd_window` decodes speculatively, as in `generate`. Requests of one size and settings share
+        engine calls. Each image carries its task, inputs (text, kind, subject, the input image's size and
+        sha256) and settings in `image.info["parameters"]` (JSON), as `generate`'s do.
         Refused (GenerationError) before any compute for tasks the model's lumina.json does not list.
         """
         runner = TaskRunner(self)
         requests, seeds, batch_size = check_request_batch(requests, runner.family, self.tasks, seed, batch_size)
         if any(request.task in (CAPTION, VQA, REWRITE) for request in requests):
             raise GenerationError("caption, vqa and rewrite answer text: run them with run_text_tasks")
-        settings = make_settings(
-            task_defaults(runner.family, self.defaults), cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
-            cfg_schedule=cfg_schedule,
-        )
+        settings = [
+            make_settings(
+                task_defaults(runner.family, self.defaults, request.task), cfg=cfg, top_k=top_k, top_p=top_p,
+                temperature=temperature, cfg_schedule=cfg_schedule,
+            )
+            for request in requests
+        ]
         sjd_window = check_sjd_window(sjd_window)
         images = runner.run_images(requests, seeds, settings, width, height, batch_size, progress, sjd_window)
-        for request, image_seed, image in zip(requests, seeds, images):
+        for request, image_seed, image, request_settings in zip(requests, seeds, images, settings):
             image.info["parameters"] = image_parameters(
-                request_fields(request), *image.size, image_seed, settings, sjd_window, self.layout
+                request_fields(request), *image.size, image_seed, request_settings, sjd_window, self.layout
             )
         return images
 

@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     device, dtype = load_options(args.device, quant=args.quant)
     info = read_model_info(args.model, args.image_tokenizer)
     family = prompt_family(info.layout)
-    defaults = task_defaults(family, info.defaults)
+    defaults = task_defaults(family, info.defaults, request.task)
     if args.verb in TEXT_VERBS:
         requests, seeds, _ = check_request_batch([request], family, info.tasks, args.seed, 1)
         check_integer("--max-new-tokens", args.max_new_tokens, 1, "tokens an answer may have")

@@ -114,9 +114,12 @@ def prompt_family(layout: VocabLayout) -> str:
     return PROJECT if layout.name == "compact" else layout.name
 
 
-def task_defaults(family: str, defaults: Defaults) -> Defaults:
-    """The sampling defaults of the task methods: the model's, with v1's Omni values on official v1."""
-    return replace(defaults, **V1_TASK_DEFAULTS) if family == V1 else defaults
+def task_defaults(family: str, defaults: Defaults, task: str | None = None) -> Defaults:
+    """The sampling defaults of a task method: v1's Omni values on official v1; else the model's, with
+    what its lumina.json sets apart for `task` (`Defaults.for_task`)."""
+    if family == V1:
+        return replace(defaults, **V1_TASK_DEFAULTS)
+    return defaults if task is None else defaults.for_task(task)
 
 
 def is_dual_panel(family: str) -> bool:
@@ -257,26 +260,28 @@ class TaskRunner:
         self,
         requests: Sequence[TaskRequest],
         seeds: Sequence[int],
-        settings: GenerationSettings,
+        settings: Sequence[GenerationSettings],
         width: int | None,
         height: int | None,
         batch_size: int,
         progress: bool,
         sjd_window: int | None = None,
     ) -> list[Image.Image]:
-        """One answer image per request, in order; requests of one output size share engine calls."""
+        """One answer image per request (each with its settings), in order; requests of one output size and
+        settings share engine calls."""
         pipe = self.pipe
         # Every size is checked before the first engine call.
         sizes = [answer_size(self.family, pipe.layout, pipe.defaults, r.image, width, height) for r in requests]
         results: list[Image.Image | None] = [None] * len(requests)
-        by_size: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[tuple[int, int], GenerationSettings], list[int]] = {}
         for index, size in enumerate(sizes):
-            by_size.setdefault(size, []).append(index)
-        for size, indices in by_size.items():
+            groups.setdefault((size, settings[index]), []).append(index)
+        for (size, group_settings), indices in groups.items():
             for start in range(0, len(indices), batch_size):
                 batch = indices[start : start + batch_size]
                 images = self._image_batch(
-                    [requests[i] for i in batch], [seeds[i] for i in batch], size, settings, progress, sjd_window
+                    [requests[i] for i in batch], [seeds[i] for i in batch], size, group_settings, progress,
+                    sjd_window,
                 )
                 for index, image in zip(batch, images):
                     results[index] = image
