@@ -239,11 +239,12 @@ def test_lumina_json_with_wrong_fields_names_the_field(tmp_path, edit, message):
 
 def test_per_task_defaults_round_trip_through_lumina_json(tmp_path):
     layout, defaults, tasks = read_project_file(EMBEDDED_MODEL)
+    plain = replace(defaults, per_task={})
     tuned = replace(defaults, per_task={"edit": {"cfg": 1.0, "temperature": 0.0}})
     write_project_file(tmp_path, layout, tuned, tasks)
     assert read_project_file(tmp_path)[1] == tuned
-    assert tuned.for_task("edit") == replace(defaults, cfg=1.0, temperature=0.0) and tuned.for_task("edges") == defaults
-    write_project_file(tmp_path, layout, defaults, tasks)
+    assert tuned.for_task("edit") == replace(plain, cfg=1.0, temperature=0.0) and tuned.for_task("edges") == plain
+    write_project_file(tmp_path, layout, plain, tasks)
     assert "per_task" not in json.loads((tmp_path / PROJECT_FILE).read_text())["defaults"]  # only when set
 
 
