@@ -19,7 +19,14 @@ from lumina_mgpt.shapes.captions import (
 )
 from lumina_mgpt.shapes.dual_panel import EDIT_KINDS, sample_edit
 from lumina_mgpt.shapes.heldout_phrasing import HELDOUT_STYLES, heldout_phrase, heldout_phrase_cycling
-from lumina_mgpt.shapes.phrasing import SHAPE_NOUNS, edit_instruction, phrase
+from lumina_mgpt.shapes.phrasing import (
+    CONTENT_WORDS,
+    NEUTRAL_WORDS,
+    SHAPE_NOUNS,
+    distractor,
+    edit_instruction,
+    phrase,
+)
 from lumina_mgpt.shapes.prompts import normalize_caption
 from lumina_mgpt.shapes.spec import CATEGORIES, COLORS, ObjectGroup, Relation, Spec
 
@@ -198,3 +205,18 @@ def test_heldout_cycling_covers_every_style_and_refuses_unknown_ones():
     assert styles == set(HELDOUT_STYLES)
     with pytest.raises(DataError, match="accepted"):
         heldout_phrase(_specs(1, 0)[0], "pirate", np.random.default_rng(0))
+
+
+def test_distractor_words_name_nothing_and_none_is_a_word_of_the_heldout_styles():
+    rng = np.random.default_rng(5)
+    made_up = [word for word in (distractor(rng) for _ in range(3000)) if word not in NEUTRAL_WORDS]
+    assert len(made_up) > 1000 and len(set(made_up)) > 900
+    assert not any(content in word for word in made_up for content in CONTENT_WORDS)
+    heldout_words = ("render", "colour", "disc", "objects", "layout", "should", "further", "higher", "like to see",
+                     "for me", "which has", "scene", "imagin", "picture ", "thank", "could")  # fmt: skip
+    assert not any(marker in word for word in NEUTRAL_WORDS for marker in heldout_words)
+    assert not any(content in word.split() for word in NEUTRAL_WORDS for content in CONTENT_WORDS)
+    prompts = [phrase(spec, np.random.default_rng([3, n])) for n, spec in enumerate(_specs(400, seed=2))]
+    wrapped = [p for p in prompts if any(p.lower().strip().startswith(w + " ") or p.lower().strip().endswith(" " + w)
+                                         for w in NEUTRAL_WORDS)]  # fmt: skip
+    assert 0.02 < len(wrapped) / len(prompts) < 0.2

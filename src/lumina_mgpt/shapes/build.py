@@ -2,7 +2,7 @@
 
 1. render the task world's training records (shapes/tasks.py): 64 px canvases (text to image,
    captions, visual questions, rewrites), 64x128 dual panels (editing, control, subject, maps), and a
-   group of fresh caption, question and rewrite records for the text stage,
+   group of fresh caption, question, rewrite and text-to-image records for the text stage,
 2. train a lower-casing byte-level BPE on the text of the first two groups,
 3. train the patch-local VQ image tokenizer on the task world's images (shapes/vq_images.py),
 4. write the project assets (tokenizer.json, image_tokenizer/, lumina.json with the layout and tasks),
@@ -37,7 +37,10 @@ PANEL_COUNTS = {
     "edit_recolor": 8000, "edit_move": 8000, "edit_add": 8000, "edit_remove": 8000,
     "control_edges": 10000, "subject": 10000, "segmentation": 10000, "edges": 10000,
 }
-TEXT_COUNTS = {"caption": 30000, "vqa": 60000, "rewrite": 80000}  # the text stage's (rendered with another seed)
+# The text stage's group (rendered with another seed): the tasks that answer in words, and some drawing so
+# that prompts with words around them (phrasing.add_distractors, added after the main groups were rendered
+# for the shipped model) are drawn too.
+TEXT_COUNTS = {"caption": 30000, "vqa": 60000, "rewrite": 80000, "text_to_image": 30000}
 GROUPS = {"single": (SINGLE_COUNTS, 64), "panels": (PANEL_COUNTS, 96), "text": (TEXT_COUNTS, 64)}
 BPE_GROUPS = ("single", "panels")
 # The fixed dual-panel sentence and the size phrases repeat in every record: a vocabulary of 1,024
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--data-scale", type=float, default=1.0,
-        help="multiply every task's record count (default: 1.0, 362,000 records; 0.01 for a smoke build)",
+        help="multiply every task's record count (default: 1.0, 392,000 records; 0.01 for a smoke build)",
     )
     parser.add_argument("--max-steps", type=int, help="stop training after this many steps (resume later)")
     parser.add_argument("--device", help="training device (default: CUDA when present)")

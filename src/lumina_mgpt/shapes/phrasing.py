@@ -17,7 +17,7 @@ import numpy as np
 from lumina_mgpt.errors import DataError
 from lumina_mgpt.shapes.captions import NUMBER_WORDS, describe
 from lumina_mgpt.shapes.dual_panel import PHRASINGS, Edit
-from lumina_mgpt.shapes.spec import ObjectGroup, Spec
+from lumina_mgpt.shapes.spec import COLORS, ObjectGroup, Spec
 
 CANONICAL_SHARE = 0.25  # prompts left exactly as `describe` writes them
 TYPO_SHARE = 0.1
@@ -97,6 +97,22 @@ FRAMES = (
     "picture: {text}",
 )
 ENDINGS = ("", "", "", ".", ".", "!", " please", ", please")
+# People wrap requests in words that say nothing about the scene ("ok so", "for my slides"), and a model
+# meets words it never saw. Some prompts get such words before or after them: common ones, and made-up
+# ones of random letters, so that the model learns that unknown words name no object. None is a word of the
+# evaluation-only styles (heldout_phrasing.py): tests/test_shapes_phrasing.py checks it.
+DISTRACTOR_SHARE = 0.15
+NEUTRAL_WORDS = (
+    "ok", "okay", "so", "well", "hey", "hi", "hello", "um", "hmm", "just", "quickly", "kindly", "simply",
+    "cheers", "today", "now", "again", "maybe", "anyway", "basically", "nice", "cool",
+    "for my slides", "for a poster", "for my notes", "for the report", "if you can", "when you have time",
+    "as agreed", "real quick", "no rush", "asap", "sketch", "idea", "test", "draft",
+)  # fmt: skip
+# Made-up words must not hide a word that means something in a prompt.
+CONTENT_WORDS = (
+    *COLORS, *(noun for nouns in SHAPE_NOUNS.values() for pair in nouns for noun in pair), *NUMBER_WORDS.values(),
+    "left", "right", "above", "below", "over", "under", "top", "side", "and", "with", "one", "two", "ten",
+)  # fmt: skip
 
 
 def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:
@@ -230,13 +246,34 @@ def _finish(rng: np.random.Generator, text: str, typos: bool = True) -> str:
     return apply_case(rng, text)
 
 
+def distractor(rng: np.random.Generator) -> str:
+    """Words that name nothing in the scene: a common filler, or a made-up word of 3-9 random letters."""
+    if rng.random() < 0.5:
+        return _pick(rng, NEUTRAL_WORDS)
+    while True:
+        word = "".join(chr(ord("a") + int(letter)) for letter in rng.integers(26, size=int(rng.integers(3, 10))))
+        if not any(content in word for content in CONTENT_WORDS):
+            return word
+
+
+def add_distractors(rng: np.random.Generator, text: str) -> str:
+    """`text` with a distractor before it, after it, or both."""
+    where = int(rng.integers(3))
+    before = f"{distractor(rng)} " if where != 1 else ""
+    after = f" {distractor(rng)}" if where != 0 else ""
+    return before + text + after
+
+
 def phrase(spec: Spec, rng: np.random.Generator) -> str:
     """A training prompt for `spec` in a random style."""
     if rng.random() < CANONICAL_SHARE:
         return apply_case(rng, describe(spec, rng))
     content, standalone = _content(rng, spec)
     text = content if standalone else _pick(rng, FRAMES).format(text=content)
-    return _finish(rng, text + _ending(rng, text, ENDINGS))
+    text += _ending(rng, text, ENDINGS)
+    if rng.random() < DISTRACTOR_SHARE:
+        text = add_distractors(rng, text)
+    return _finish(rng, text)
 
 
 # --- edit instructions ---------------------------------------------------------------------------
