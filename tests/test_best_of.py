@@ -228,14 +228,7 @@ def test_self_verifier_is_the_yes_no_softmax_of_one_batched_forward(pipe, monkey
     images.append(Image.effect_noise((80, 48), 50).convert("RGB"))  # another aspect: stretched onto the panel
     prompt = "a red circle above a blue square."
     verifier = SelfVerifier(pipe)
-    calls = []
-    original = pipe.engine.generate_text
-
-    def counted(prompts, *args, **kwargs):
-        calls.append(len(prompts))
-        return original(prompts, *args, **kwargs)
-
-    monkeypatch.setattr(pipe.engine, "generate_text", counted)
+    calls = count_engine_calls(pipe, monkeypatch, "generate_text")
     batched = verifier(images, prompt)
     assert calls == [4]
     expected = [hand_score(pipe, image, "a red circle above a blue square") for image in images]

@@ -46,15 +46,16 @@ def no_compute(pipe, monkeypatch):
     monkeypatch.setattr(pipe.engine, "generate_images", refuse)
 
 
-def count_engine_calls(pipe, monkeypatch) -> list[int]:
+def count_engine_calls(pipe, monkeypatch, method: str = "generate_images") -> list[int]:
+    """The number of prompts of each call of the engine's `method`, filled in as the calls come."""
     calls = []
-    original = pipe.engine.generate_images
+    original = getattr(pipe.engine, method)
 
     def counted(prompts, *args, **kwargs):
         calls.append(len(prompts))
         return original(prompts, *args, **kwargs)
 
-    monkeypatch.setattr(pipe.engine, "generate_images", counted)
+    monkeypatch.setattr(pipe.engine, method, counted)
     return calls
 
 
