@@ -30,12 +30,14 @@ ROWS = [
     ("single", "vqa", [1, 8, 9, 3], [IGNORE_INDEX, IGNORE_INDEX, 9, 3]),
     ("single", "caption", [1, 5, 4, 2], [IGNORE_INDEX, 5, 4, 2]),
     ("panels", "edit_add", [1, 10, 11, 12, 13, 2], [IGNORE_INDEX, IGNORE_INDEX, 11, 12, 13, 2]),
+    ("text", "caption", [1, 5, 6, 2], [IGNORE_INDEX, IGNORE_INDEX, 6, 2]),
 ]
+GROUPS = ("single", "panels", "text")
 
 
 def write_work(folder):
     """A build work folder as the build leaves it: records, one shard per group, a training log."""
-    for group in ("single", "panels"):
+    for group in GROUPS:
         rows = [row for row in ROWS if row[0] == group]
         (folder / f"data-{group}").mkdir(parents=True)
         (folder / f"data-{group}" / "records.jsonl").write_text(
@@ -63,26 +65,32 @@ def write_work(folder):
 
 def test_rows_are_counted_per_task_and_losses_are_cross_entropy_per_supervised_token(tmp_path):
     write_work(tmp_path)
-    rows = read_row_tasks(tmp_path)
-    assert {task: len(task_rows) for task, task_rows in rows.items()} == {"caption": 2, "vqa": 1, "edit_add": 1}
-    table = {row["task"]: row for row in token_table(rows)}
-    assert table["caption"] == {"task": "caption", "records": 2, "tokens": 9, "supervised": 5}
-    assert table["edit_add"]["supervised"] == 4
+    rows = read_row_tasks(tmp_path, GROUPS)
+    assert {key: len(task_rows) for key, task_rows in rows.items()} == {
+        ("single", "caption"): 2,
+        ("single", "vqa"): 1,
+        ("panels", "edit_add"): 1,
+        ("text", "caption"): 1,
+    }
+    table = {(row["group"], row["task"]): row for row in token_table(rows)}
+    assert table["single", "caption"] == {"group": "single", "task": "caption", "records": 2, "tokens": 9,
+                                          "supervised": 5}  # fmt: skip
+    assert table["panels", "edit_add"]["supervised"] == 4
 
     model = tiny_model()
     save_model(model, tmp_path / "model")
     losses = task_losses(tmp_path / "model", rows, count=8)
     with torch.no_grad():
         scored, targets = [], []
-        for _, task, ids, labels in ROWS:
-            if task == "caption":
+        for group, task, ids, labels in ROWS:
+            if (group, task) == ("single", "caption"):
                 logits = model(torch.tensor([ids]))[0, :-1]
                 keep = torch.tensor(labels[1:]) != IGNORE_INDEX
                 scored.append(logits[keep])
                 targets.append(torch.tensor(labels[1:])[keep])
         expected = F.cross_entropy(torch.cat(scored), torch.cat(targets)).item()
-    assert losses["caption"] == pytest.approx(expected, rel=1e-4)
-    assert task_losses(tmp_path / "model", rows, count=1)["caption"] != pytest.approx(expected, rel=1e-4)
+    assert losses["single", "caption"] == pytest.approx(expected, rel=1e-4)
+    assert task_losses(tmp_path / "model", rows, count=1)["single", "caption"] != pytest.approx(expected, rel=1e-4)
 
 
 def test_training_summary_counts_each_step_once_and_build_times_add_up(tmp_path, capsys):
@@ -96,13 +104,14 @@ def test_training_summary_counts_each_step_once_and_build_times_add_up(tmp_path,
     record_build_time(tmp_path, "train", 30.0)
     assert main(["--work", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| train | 1.5 |" in out and "2,000 steps" in out and "| caption | 2 | 9 | 5 |" in out
+    assert "| train | 1.5 |" in out and "run: 2,000 steps" in out and "| single | caption | 2 | 9 | 5 | 71.4% |" in out
+    assert "run-text" not in out  # the text stage has not started
 
 
 def test_a_work_folder_without_data_is_a_clear_error(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "log.jsonl").write_text("")
     with pytest.raises(DataError, match="build the data first"):
-        read_row_tasks(tmp_path)
+        read_row_tasks(tmp_path, GROUPS)
     with pytest.raises(SystemExit):
         main(["--work", str(tmp_path)])

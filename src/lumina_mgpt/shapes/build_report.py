@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +23,15 @@ import numpy as np
 from lumina_mgpt.errors import DataError
 
 BUILD_TIMES_FILE = "build_times.json"
-SHARD_GROUPS = ("single", "panels")
 
 
-def read_row_tasks(work: Path) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
-    """Every pretokenized row of the build, by task: (shard group, ids, labels), in shard order."""
+def read_row_tasks(work: Path, groups: Sequence[str]) -> dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]]:
+    """Every pretokenized row of the build's `groups` (data-GROUP, tokens-GROUP), by (group, task): (ids,
+    labels), in shard order."""
     import pyarrow.parquet as pq
 
-    rows: dict[str, list] = defaultdict(list)
-    for group in SHARD_GROUPS:
+    rows: dict[tuple[str, str], list] = defaultdict(list)
+    for group in groups:
         records = work / f"data-{group}" / "records.jsonl"
         manifest = work / f"tokens-{group}" / "manifest.json"
         if not records.is_file() or not manifest.is_file():
@@ -46,24 +47,25 @@ def read_row_tasks(work: Path) -> dict[str, list[tuple[str, np.ndarray, np.ndarr
             ids, labels = table.column("ids").to_pylist(), table.column("labels").to_pylist()
             for source, row_ids, row_labels in zip(sources, ids, labels):
                 task = task_of_line[int(source.rsplit(":", 1)[1])]
-                rows[task].append((group, np.asarray(row_ids), np.asarray(row_labels)))
+                rows[group, task].append((np.asarray(row_ids), np.asarray(row_labels)))
     return dict(rows)
 
 
-def token_table(rows: dict[str, list]) -> list[dict]:
-    """Per task: records, input tokens and supervised tokens (the loss scores each label but the first)."""
+def token_table(rows: dict[tuple[str, str], list]) -> list[dict]:
+    """Per (group, task): records, input tokens and supervised tokens (the loss scores each label but the first)."""
     from lumina_mgpt.formats import IGNORE_INDEX
 
     table = []
-    for task, task_rows in rows.items():
-        tokens = sum(len(ids) for _, ids, _ in task_rows)
-        supervised = sum(int((labels[1:] != IGNORE_INDEX).sum()) for _, _, labels in task_rows)
-        table.append({"task": task, "records": len(task_rows), "tokens": tokens, "supervised": supervised})
+    for (group, task), task_rows in rows.items():
+        tokens = sum(len(ids) for ids, _ in task_rows)
+        supervised = sum(int((labels[1:] != IGNORE_INDEX).sum()) for _, labels in task_rows)
+        table.append({"group": group, "task": task, "records": len(task_rows), "tokens": tokens,
+                      "supervised": supervised})  # fmt: skip
     return table
 
 
-def task_losses(model_folder: Path, rows: dict[str, list], count: int) -> dict[str, float]:
-    """The model's mean cross-entropy per supervised token over the first `count` rows of each task."""
+def task_losses(model_folder: Path, rows: dict[tuple[str, str], list], count: int) -> dict[tuple[str, str], float]:
+    """The model's mean cross-entropy per supervised token over the first `count` rows of each (group, task)."""
     import torch
 
     from lumina_mgpt.model.checkpoint import load_model
@@ -71,13 +73,13 @@ def task_losses(model_folder: Path, rows: dict[str, list], count: int) -> dict[s
     model = load_model(model_folder, dtype=torch.float32)
     losses = {}
     with torch.inference_mode():
-        for task, task_rows in rows.items():
+        for key, task_rows in rows.items():
             total, tokens = 0.0, 0
-            for _, ids, labels in task_rows[:count]:
+            for ids, labels in task_rows[:count]:
                 out = model(torch.as_tensor(ids)[None], labels=torch.as_tensor(labels)[None])
                 total += float(out.ce_loss) * int(out.num_tokens)
                 tokens += int(out.num_tokens)
-            losses[task] = total / max(tokens, 1)
+            losses[key] = total / max(tokens, 1)
     return losses
 
 
@@ -119,38 +121,45 @@ def record_build_time(work: Path, step: str, seconds: float) -> None:
     write_text_atomically(path, json.dumps(times, indent=1) + "\n")
 
 
-def format_report(work: Path, models: list[Path], count: int) -> str:
+def format_report(work: Path, groups: Sequence[str], runs: Sequence[str], models: list[Path], count: int) -> str:
+    """The report of a build's work folder: its `groups` of data and its training `runs` (folders in it)."""
     lines = []
     times_file = work / BUILD_TIMES_FILE
     if times_file.is_file():
         lines += ["| build step | minutes |", "|---|---|"]
         lines += [f"| {step} | {seconds / 60:.1f} |" for step, seconds in json.loads(times_file.read_text()).items()]
         lines.append("")
-    summary = training_summary(work / "run" / "log.jsonl")
-    lines.append(
-        f"training: {summary['steps']:,} steps, {summary['tokens'] / 1e6:.1f}M tokens, "
-        f"{summary['compute_seconds'] / 3600:.2f} h of step time, final loss (mean of the last 100 steps) "
-        f"{summary['final_loss']:.4f}"
-    )
-    lines.append(
-        "loss around each 1000th step: "
-        + ", ".join(f"{mark}: {loss:.4f}" for mark, loss in summary["loss_curve"].items())
-    )
+    for run in runs:
+        log_file = work / run / "log.jsonl"
+        if not log_file.is_file() and run != runs[0]:
+            continue  # a later recipe that has not started
+        summary = training_summary(log_file)
+        lines.append(
+            f"{run}: {summary['steps']:,} steps, {summary['tokens'] / 1e6:.1f}M tokens, "
+            f"{summary['compute_seconds'] / 3600:.2f} h of step time, final loss (mean of the last 100 steps) "
+            f"{summary['final_loss']:.4f}"
+        )
+        lines.append(
+            "loss around each 1000th step: "
+            + ", ".join(f"{mark}: {loss:.4f}" for mark, loss in summary["loss_curve"].items())
+        )
     lines.append("")
-    rows = read_row_tasks(work)
+    rows = read_row_tasks(work, groups)
     losses = {folder: task_losses(folder, rows, count) for folder in models}
-    header = "| task | records | tokens | supervised tokens | share of supervised |"
-    rule = "|---|---|---|---|---|"
+    header = "| group | task | records | tokens | supervised tokens | share of the group's supervised |"
+    rule = "|---|---|---|---|---|---|"
     for number, _ in enumerate(models, 1):
         header += f" loss, model {number} |"
         rule += "---|"
     lines += [header, rule]
     table = token_table(rows)
-    total = sum(row["supervised"] for row in table)
+    totals: dict[str, int] = defaultdict(int)
     for row in table:
-        cells = f"| {row['task']} | {row['records']:,} | {row['tokens']:,} | {row['supervised']:,} | "
-        cells += f"{row['supervised'] / total:.1%} |"
-        cells += "".join(f" {losses[folder][row['task']]:.4f} |" for folder in models)
+        totals[row["group"]] += row["supervised"]
+    for row in table:
+        cells = f"| {row['group']} | {row['task']} | {row['records']:,} | {row['tokens']:,} | {row['supervised']:,} | "
+        cells += f"{row['supervised'] / totals[row['group']]:.1%} |"
+        cells += "".join(f" {losses[folder][row['group'], row['task']]:.4f} |" for folder in models)
         lines.append(cells)
     for number, folder in enumerate(models, 1):
         lines.append(f"model {number}: {folder} (mean cross-entropy per supervised token, first {count} rows a task)")
@@ -158,7 +167,8 @@ def format_report(work: Path, models: list[Path], count: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lumina_mgpt.shapes.build import WORK
+    from lumina_mgpt.shapes.build import GROUPS, RECIPES, WORK
+    from lumina_mgpt.training.recipe import Recipe
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=WORK, help=f"the build's work folder (default: {WORK})")
@@ -166,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=32, help="rows a task for the losses (default: 32)")
     args = parser.parse_args(argv)
     try:
-        print(format_report(args.work, args.model, args.rows))
+        runs = [Recipe.from_file(recipe).output_dir.name for recipe in RECIPES]
+        print(format_report(args.work, list(GROUPS), runs, args.model, args.rows))
     except DataError as error:
         parser.exit(2, f"error: {error}\n")
     return 0
