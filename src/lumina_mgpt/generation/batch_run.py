@@ -208,10 +208,9 @@ def run_prompt_file(args) -> int:
     batch_size = check_integer("batch_size", args.batch_size, 1, "images decoded together")
     out = check_output_folder(args.out)
 
-    from lumina_mgpt.training.distributed import barrier, init_distributed, teardown_distributed
+    from lumina_mgpt.training.distributed import barrier, distributed_session
 
-    context = init_distributed(str(device))
-    try:
+    with distributed_session(str(device)) as context:
         share = rank_share(make_batches(jobs, batch_size), context.rank, context.world_size)
         tag = f"rank {context.rank}/{context.world_size}: " if context.is_distributed else ""
         missing = sum(1 for batch in share for job in batch if args.overwrite or not (out / job.name).exists())
@@ -228,6 +227,4 @@ def run_prompt_file(args) -> int:
         if context.is_main:
             manifest = write_manifest(jobs, out, args.prompts, str(info.folder))
             print(f"manifest: {manifest} ({len(jobs)} images)", file=sys.stderr)
-    finally:
-        teardown_distributed()
     return 0

@@ -26,13 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lumina_mgpt.training.distributed import init_distributed, teardown_distributed
+    from lumina_mgpt.training.distributed import distributed_session
     from lumina_mgpt.training.recipe import Recipe
     from lumina_mgpt.training.trainer import Trainer
 
     recipe = Recipe.from_file(args.recipe)
-    context = init_distributed(args.device)
-    try:
+    with distributed_session(args.device) as context:
         trainer = Trainer(
             recipe,
             context,
@@ -43,6 +42,4 @@ def run(args: argparse.Namespace) -> int:
         final_model = trainer.train(resume=args.resume)
         if context.is_main:
             print(f"model: {final_model}")
-    finally:
-        teardown_distributed()
     return 0

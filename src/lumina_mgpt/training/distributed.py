@@ -8,8 +8,10 @@ is saved one file per rank, so resuming needs the same world size.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -74,9 +76,27 @@ def init_distributed(device: str | None = None) -> DistributedContext:
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=resolved)
 
 
-def teardown_distributed() -> None:
-    """Leave the process group, if this process joined one."""
+@contextlib.contextmanager
+def distributed_session(device: str | None = None) -> Iterator[DistributedContext]:
+    """`init_distributed`, then leave the process group when the block ends.
+
+    After a block that completed, every rank first meets at a barrier, so no rank closes its gloo
+    connections while a peer is still finishing its last collective (the peer can abort then). After
+    an exception there is no barrier: the other ranks may never arrive.
+    """
+    context = init_distributed(device)
+    try:
+        yield context
+    except BaseException:
+        _leave_process_group(completed=False)
+        raise
+    _leave_process_group(completed=True)
+
+
+def _leave_process_group(*, completed: bool) -> None:
     if dist.is_initialized():
+        if completed:
+            dist.barrier()
         dist.destroy_process_group()
 
 
