@@ -19,7 +19,7 @@ from test_pipeline_api import count_engine_calls
 from test_tasks_api import PROJECT_TASKS, tiny_task_pipeline
 
 from lumina_mgpt.errors import GenerationError
-from lumina_mgpt.formats import encode_generation_prompt
+from lumina_mgpt.formats import encode_conversation, encode_generation_prompt
 from lumina_mgpt.generation.best_of import candidate_seeds, choose
 from lumina_mgpt.generation.pipeline import Pipeline
 from lumina_mgpt.generation.verifiers import (
@@ -236,6 +236,19 @@ def test_self_verifier_is_the_yes_no_softmax_of_one_batched_forward(pipe, monkey
     alone = [verifier([image], prompt)[0] for image in images]
     np.testing.assert_allclose(batched, alone, rtol=1e-4, atol=1e-6)
     assert all(0.0 < score < 1.0 for score in batched)
+
+
+def test_self_verifier_asks_the_verify_tasks_training_question(pipe):
+    """The verify records (what trains the model's yes/no judgement) and the verifier's prompt agree token
+    for token, up to the answer."""
+    verifier = SelfVerifier(pipe)
+    records = (training_record("verify", 3, index) for index in range(200))
+    record = next(r for r in records if r.turns[0].startswith("does this image show: "))
+    caption = record.turns[0].removeprefix("does this image show: ").removesuffix("? <|image|>")
+    (ours,) = verifier.prompt_ids(record.images, caption)
+    grids = [pipe.image_tokenizer.encode(list(record.images))[0].numpy()]
+    trained = encode_conversation(list(record.turns), grids, pipe.text_tokenizer, pipe.layout, "response").ids
+    assert list(ours) == trained[: len(ours)].tolist() and trained[len(ours)] in (verifier.yes_id, verifier.no_id)
 
 
 def test_self_verifier_needs_a_model_that_answers_questions(pipe):

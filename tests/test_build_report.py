@@ -15,6 +15,7 @@ from model_fixtures import tiny_model
 from lumina_mgpt.errors import DataError
 from lumina_mgpt.formats import IGNORE_INDEX
 from lumina_mgpt.model import save_model
+from lumina_mgpt.shapes.build import GROUPS as BUILD_GROUPS
 from lumina_mgpt.shapes.build_report import (
     main,
     read_row_tasks,
@@ -31,8 +32,9 @@ ROWS = [
     ("single", "caption", [1, 5, 4, 2], [IGNORE_INDEX, 5, 4, 2]),
     ("panels", "edit_add", [1, 10, 11, 12, 13, 2], [IGNORE_INDEX, IGNORE_INDEX, 11, 12, 13, 2]),
     ("text", "caption", [1, 5, 6, 2], [IGNORE_INDEX, IGNORE_INDEX, 6, 2]),
+    ("verify", "verify", [1, 8, 4, 3], [IGNORE_INDEX, IGNORE_INDEX, 4, 3]),
 ]
-GROUPS = ("single", "panels", "text")
+GROUPS = tuple(BUILD_GROUPS)
 
 
 def write_work(folder):
@@ -71,6 +73,7 @@ def test_rows_are_counted_per_task_and_losses_are_cross_entropy_per_supervised_t
         ("single", "vqa"): 1,
         ("panels", "edit_add"): 1,
         ("text", "caption"): 1,
+        ("verify", "verify"): 1,
     }
     table = {(row["group"], row["task"]): row for row in token_table(rows)}
     assert table["single", "caption"] == {"group": "single", "task": "caption", "records": 2, "tokens": 9,

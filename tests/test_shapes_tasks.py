@@ -16,6 +16,7 @@ from lumina_mgpt.shapes.captions import parse_caption
 from lumina_mgpt.shapes.heldout_phrasing import HELDOUT_STYLES
 from lumina_mgpt.shapes.prompts import is_held_out
 from lumina_mgpt.shapes.task_dataset import RECORDS_FILE, interleaved_order, write_task_dataset
+from lumina_mgpt.shapes.task_eval import TEXT_OUTPUT_TASKS
 from lumina_mgpt.shapes.tasks import (
     DUAL_PANEL,
     PANEL,
@@ -28,7 +29,7 @@ from lumina_mgpt.shapes.tasks import (
 )
 from lumina_mgpt.shapes.world import CANVAS_SIZES, render
 
-UNDERSTANDING = ("caption", "vqa")
+UNDERSTANDING = ("caption", "vqa", "verify")
 
 
 def _image_bytes(record):
@@ -117,6 +118,19 @@ def test_vqa_answers_agree_with_the_analyzer_on_the_rendered_image():
     assert {"yes_no:wrong_color", "yes_no:wrong_count", "yes_no:swapped_relation", "yes_no:wrong_shape"} <= set(yes_no)
 
 
+def test_verify_answers_agree_with_the_analyzer_and_its_near_misses_include_a_drawings_mistakes():
+    items = eval_items("verify", 600, seed=4)
+    for item in items:
+        caption = item.text.removeprefix("does this image show: ").removesuffix("?")
+        assert item.answer == ("yes" if score(item.image, parse_caption(caption)) else "no"), item.text
+        assert (item.answer == "yes") == (item.variant == "yes")
+    kinds = Counter(item.variant for item in items)
+    assert 0.4 < kinds["yes"] / len(items) < 0.6
+    drawing_mistakes = {"count_off_by_one", "swapped_colors", "other_axis", "one_more_object"}
+    assert drawing_mistakes | {"wrong_color", "wrong_shape", "wrong_count", "swapped_relation"} <= set(kinds)
+    assert sum(kinds[kind] for kind in drawing_mistakes) > 0.3 * (len(items) - kinds["yes"])
+
+
 @pytest.mark.parametrize("task", TASK_NAMES)
 def test_eval_items_are_deterministic_and_carry_what_their_scorer_needs(task):
     items = eval_items(task, 8, seed=5)
@@ -133,7 +147,7 @@ def test_eval_items_are_deterministic_and_carry_what_their_scorer_needs(task):
             assert render(item.edit.before).tobytes() == item.image.tobytes()
         if task in ("text_to_image", "rewrite", "caption"):
             assert item.spec is not None
-        if task in ("caption", "vqa", "rewrite"):
+        if task in TEXT_OUTPUT_TASKS:
             assert item.answer
 
 

@@ -16,6 +16,7 @@ from lumina_mgpt.shapes import task_eval
 from lumina_mgpt.shapes.task_eval import (
     EVAL_TASKS,
     REWRITE_DRAW,
+    TEXT_OUTPUT_TASKS,
     TaskReport,
     choose_tasks,
     evaluate_tasks,
@@ -41,8 +42,8 @@ def test_every_task_is_scored_in_the_unit_interval_and_tabled(report):
     assert all(0.0 <= r.score <= 1.0 for r in report.results) and report.not_trained == ()
     table = format_task_table(report).splitlines()
     assert [line.split()[0] for line in table[1:-1]] == list(EVAL_TASKS)
-    texts = [r.text for r in report.results if r.task in ("caption", "vqa", "rewrite", REWRITE_DRAW)]
-    assert len(texts) == 8 and all(isinstance(text, str) for text in texts)
+    texts = [r.text for r in report.results if r.task in (*TEXT_OUTPUT_TASKS, REWRITE_DRAW)]
+    assert len(texts) == 2 * (len(TEXT_OUTPUT_TASKS) + 1) and all(isinstance(text, str) for text in texts)
 
 
 def test_items_of_a_task_share_engine_calls(pipe, monkeypatch):

@@ -16,11 +16,12 @@ from lumina_mgpt.shapes.captions import canonical_caption
 from lumina_mgpt.shapes.degrade import DEGRADATIONS, degrade
 from lumina_mgpt.shapes.dual_panel import MOVE_DIRECTIONS, stack_panels
 from lumina_mgpt.shapes.spec import COLORS
+from lumina_mgpt.shapes.task_eval import TEXT_OUTPUT_TASKS
 from lumina_mgpt.shapes.task_scoring import KEEP_TOLERANCE, expected_output, normalize_answer, score_item
 from lumina_mgpt.shapes.tasks import TASK_NAMES, TASKS, eval_items
 from lumina_mgpt.shapes.world import PLAIN_BACKGROUND, render, scene_from_spec
 
-IMAGE_TASKS = [task for task in TASK_NAMES if task not in ("caption", "vqa", "rewrite")]
+IMAGE_TASKS = [task for task in TASK_NAMES if task not in TEXT_OUTPUT_TASKS]
 EDITS = ("edit_recolor", "edit_move", "edit_add", "edit_remove")
 
 

@@ -70,8 +70,8 @@ def engine_calls(pipe, monkeypatch):
 def request_from_record(task: str, turns: tuple[str, ...], image: Image.Image | None) -> TaskRequest:
     """The API request a training record answers (its inputs read back from the training prompt)."""
     prompt = turns[0]
-    if task in ("caption", "vqa"):
-        return TaskRequest(task, prompt.removesuffix(" <|image|>"), image)
+    if task in ("caption", "vqa", "verify"):  # verify is asked as a visual question
+        return TaskRequest("vqa" if task == "verify" else task, prompt.removesuffix(" <|image|>"), image)
     if task == "rewrite":
         return TaskRequest(task, prompt.removeprefix(REWRITE_INSTRUCTION.split("{request}")[0]))
     upper = image.crop((0, 0, *PANEL))
@@ -103,7 +103,7 @@ def test_dual_panel_prompts_and_upper_rows_equal_the_training_sequence(pipe, eng
         assert call["args"][:2] == (64, 128)
 
 
-@pytest.mark.parametrize("task", ["caption", "vqa", "rewrite"])
+@pytest.mark.parametrize("task", ["caption", "vqa", "rewrite", "verify"])
 def test_text_task_prompts_equal_the_training_prompts(pipe, engine_calls, task):
     for index in range(3):
         record = training_record(task, 7, index)

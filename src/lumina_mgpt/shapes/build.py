@@ -41,7 +41,13 @@ PANEL_COUNTS = {
 # that prompts with words around them (phrasing.add_distractors, added after the main groups were rendered
 # for the shipped model) are drawn too.
 TEXT_COUNTS = {"caption": 30000, "vqa": 60000, "rewrite": 80000, "text_to_image": 30000}
-GROUPS = {"single": (SINGLE_COUNTS, 64), "panels": (PANEL_COUNTS, 96), "text": (TEXT_COUNTS, 64)}
+# Also for the text stage: the self-verifier's yes/no question with near misses like a drawing's mistakes.
+# At step 5,500 the model answered "yes" to nearly every near miss of the main mix's questions.
+VERIFY_COUNTS = {"verify": 24000}
+GROUPS = {
+    "single": (SINGLE_COUNTS, 64), "panels": (PANEL_COUNTS, 96), "text": (TEXT_COUNTS, 64),
+    "verify": (VERIFY_COUNTS, 64),
+}  # fmt: skip
 BPE_GROUPS = ("single", "panels")
 # The fixed dual-panel sentence and the size phrases repeat in every record: a vocabulary of 1,024
 # learns them as a few tokens each (512 spelled the panel sentence in ~126 tokens).
@@ -208,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--data-scale", type=float, default=1.0,
-        help="multiply every task's record count (default: 1.0, 392,000 records; 0.01 for a smoke build)",
+        help="multiply every task's record count (default: 1.0, 416,000 records; 0.01 for a smoke build)",
     )
     parser.add_argument("--max-steps", type=int, help="stop training after this many steps (resume later)")
     parser.add_argument("--device", help="training device (default: CUDA when present)")

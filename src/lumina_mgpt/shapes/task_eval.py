@@ -49,6 +49,7 @@ API_TASKS = {
     "caption": (CAPTION,),
     "vqa": (VQA,),
     "rewrite": (REWRITE,),
+    "verify": (VQA,),
 }
 # What each score measures (task_scoring.py has the rules).
 METRICS = {
@@ -62,8 +63,9 @@ METRICS = {
     "caption": "caption parses to spec",
     "vqa": "exact answer",
     "rewrite": "caption parses to spec",
+    "verify": "exact yes/no",
 }
-TEXT_OUTPUT_TASKS = ("caption", "vqa", "rewrite")
+TEXT_OUTPUT_TASKS = ("caption", "vqa", "rewrite", "verify")
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ def task_request(item: EvalItem):
         reference = item.scene.objects[0]
         subject = noun_phrase(ObjectGroup(reference.shape, reference.color), with_count=False)
         return TaskRequest(SUBJECT, item.text, item.image, subject=subject)
+    if item.task == "verify":
+        return TaskRequest(VQA, item.text, item.image)
     return TaskRequest(item.task, item.text, item.image)  # predictions, caption, vqa, rewrite: the same names
 
 

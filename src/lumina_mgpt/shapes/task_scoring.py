@@ -15,7 +15,7 @@ by size). Per task:
 - segmentation: mean IoU over the classes present in the exact map or the prediction (background
   included); edges: F1 of edge pixels, each side counted as found within one pixel of the other;
 - caption, rewrite: the parsed caption means the expected spec (1 or 0);
-- vqa: the normalized answer equals the expected one (1 or 0).
+- vqa, verify: the normalized answer equals the expected one (1 or 0).
 """
 
 from __future__ import annotations
@@ -218,6 +218,7 @@ SCORERS: dict[str, Callable[[EvalItem, object], float]] = {
     "caption": _text_scorer(score_caption),
     "vqa": _text_scorer(score_vqa),
     "rewrite": _text_scorer(score_caption),
+    "verify": _text_scorer(score_vqa),
 }
 
 

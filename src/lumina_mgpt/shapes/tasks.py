@@ -3,7 +3,8 @@
 Tasks (TASK_NAMES): text_to_image; the edits edit_recolor, edit_move, edit_add, edit_remove; control_edges
 (edge map -> image, with a caption); subject (the same object in a new scene); segmentation and edges
 (image -> map); caption, vqa (understanding: the image in the user turn); rewrite (a free-form request
--> the canonical caption, text only).
+-> the canonical caption, text only); verify (vqa's yes/no question alone, its near misses including the
+mistakes a drawing makes: what the self-verifier asks, generation.verifiers.SelfVerifier).
 
 Image-to-image tasks are v2-style dual panels of 64x128 (formats.image_to_image_prompt and
 image_map_pair_prompt with the whole panel's size): the condition in the upper panel, the result in
@@ -66,6 +67,7 @@ TASK_NAMES: tuple[str, ...] = (
     "caption",
     "vqa",
     "rewrite",
+    "verify",
 )
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 PANEL = (64, 64)  # (width, height) of each half of a dual panel, and of understanding images
@@ -120,6 +122,7 @@ VQA_TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 VQA_KINDS = ("how_many", "how_many_colored", "what_color", "where", "yes_no")
+VERIFY_CATEGORIES = (*CATEGORIES, "counting", "position", "color_attr")
 SAMPLE_ATTEMPTS = 100
 
 
@@ -447,12 +450,22 @@ def _where_question(rng: np.random.Generator) -> tuple[Scene, dict[str, str], st
     return scene, words, name
 
 
-def _near_miss(rng: np.random.Generator, spec: Spec, scene: Scene) -> tuple[Spec, str] | None:
+def _near_miss(
+    rng: np.random.Generator, spec: Spec, scene: Scene, drawing_mistakes: bool = False
+) -> tuple[Spec, str] | None:
     """A spec like `spec` that the scene does not show, changed one way among those that apply
-    (None when the change drawn happens to stay true)."""
+    (None when the change drawn happens to stay true). `drawing_mistakes` adds the ways a drawing of
+    the spec goes wrong, which the self-verifier must notice: a count off by one, the two colors on the
+    wrong objects, a relation on the other axis, a second object that is not there."""
     kinds = ["wrong_color", "wrong_shape"]
     kinds += ["wrong_count"] if len(spec.groups) == 1 else []
     kinds += ["swapped_relation"] if spec.relation is not None else []
+    if drawing_mistakes:
+        kinds += ["count_off_by_one"] if len(spec.groups) == 1 else []
+        colors = [group.color for group in spec.groups]
+        kinds += ["swapped_colors"] if len(spec.groups) == 2 and None not in colors and len(set(colors)) == 2 else []
+        kinds += ["other_axis"] if spec.relation is not None else []
+        kinds += ["one_more_object"] if len(spec.groups) == 1 and spec.groups[0].count == 1 else []
     kind = _pick(rng, kinds)
     groups = list(spec.groups)
     at = int(rng.integers(len(groups)))
@@ -465,21 +478,36 @@ def _near_miss(rng: np.random.Generator, spec: Spec, scene: Scene) -> tuple[Spec
     elif kind == "wrong_count":
         options = [n for n in (2, 3, 4) if n != group.count]
         groups[at] = replace(group, count=options[int(rng.integers(len(options)))], exact=True)
-    else:
+    elif kind == "swapped_relation":
         relation = replace(relation, name=INVERSE_RELATIONS[relation.name])
+    elif kind == "count_off_by_one":  # one object too many or too few (one object: two)
+        options = [n for n in (group.count - 1, group.count + 1) if 2 <= n <= 4]
+        groups[at] = replace(group, count=options[int(rng.integers(len(options)))], exact=True)
+    elif kind == "swapped_colors":  # each color on the other object
+        groups = [replace(groups[0], color=groups[1].color), replace(groups[1], color=groups[0].color)]
+    elif kind == "other_axis":  # left/right for above/below and back
+        axis = ("above", "below") if relation.name in ("left of", "right of") else ("left of", "right of")
+        relation = replace(relation, name=_pick(rng, axis))
+    else:  # one_more_object: the caption names an object the scene lacks
+        shape = _pick(rng, [s for s in SHAPES if s != group.shape])
+        groups.append(ObjectGroup(shape, _pick(rng, list(COLORS)) if group.color else None))
     category = "counting" if groups[0].count > 1 else spec.category
+    category = "two_object" if len(groups) > len(spec.groups) else category
     changed = Spec(category, tuple(groups), relation)
     return None if shows(scene, changed) else (changed, kind)
 
 
-def _yes_no_question(rng: np.random.Generator) -> tuple[Scene, dict[str, str], str, str]:
-    """(scene, words, answer, variant): "yes" and "no" equally often; a "no" is a near miss."""
-    spec = sample_spec(rng, _pick(rng, CATEGORIES))
+def _yes_no_question(
+    rng: np.random.Generator, drawing_mistakes: bool = False
+) -> tuple[Scene, dict[str, str], str, str]:
+    """(scene, words, answer, variant): "yes" and "no" equally often; a "no" is a near miss. With
+    `drawing_mistakes`, the categories a drawing most often gets wrong come up twice as often."""
+    spec = sample_spec(rng, _pick(rng, VERIFY_CATEGORIES if drawing_mistakes else CATEGORIES))
     scene = scene_from_spec(rng, spec, *PANEL)
     if rng.random() < 0.5:
         return scene, {"caption": canonical_caption(spec)}, "yes", "yes"
     for _ in range(SAMPLE_ATTEMPTS):
-        miss = _near_miss(rng, spec, scene)
+        miss = _near_miss(rng, spec, scene, drawing_mistakes)
         if miss is not None:
             changed, kind = miss
             return scene, {"caption": canonical_caption(changed)}, "no", kind
@@ -516,6 +544,20 @@ def _vqa_item(rng: np.random.Generator, position: int) -> EvalItem:
     return EvalItem("vqa", position, question, *PANEL, image=render(scene), variant=variant, scene=scene, answer=answer)
 
 
+def _verify_record(rng: np.random.Generator) -> TrainingRecord:
+    scene, words, answer, _ = _yes_no_question(rng, drawing_mistakes=True)
+    question = _pick(rng, VQA_TEMPLATES["yes_no"]).format(**words)
+    return TrainingRecord("verify", _understanding_turns(apply_case(rng, question), answer), (render(scene),))
+
+
+def _verify_item(rng: np.random.Generator, position: int) -> EvalItem:
+    scene, words, answer, variant = _yes_no_question(rng, drawing_mistakes=True)
+    question = VQA_TEMPLATES["yes_no"][0].format(**words)
+    return EvalItem(
+        "verify", position, question, *PANEL, image=render(scene), variant=variant, scene=scene, answer=answer
+    )
+
+
 def _registry() -> dict[str, Task]:
     samplers: dict[str, tuple[Callable, Callable]] = {
         "text_to_image": (_text_to_image_record, _text_to_image_item),
@@ -527,6 +569,7 @@ def _registry() -> dict[str, Task]:
         "caption": (_caption_record, _caption_item),
         "vqa": (_vqa_record, _vqa_item),
         "rewrite": (_rewrite_record, _rewrite_item),
+        "verify": (_verify_record, _verify_item),
     }
     dual = {"edit_recolor", "edit_move", "edit_add", "edit_remove", "control_edges", "subject", "segmentation", "edges"}
     return {name: Task(name, name in dual, *samplers[name]) for name in TASK_NAMES}
