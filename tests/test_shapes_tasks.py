@@ -23,6 +23,7 @@ from lumina_mgpt.shapes.tasks import (
     REWRITE_INSTRUCTION,
     TASK_NAMES,
     TASKS,
+    VQA_TEMPLATES,
     eval_item,
     eval_items,
     training_record,
@@ -77,6 +78,12 @@ def test_text_to_image_prompts_are_never_shapeseval_prompts_and_rewrites_answer_
     for index in range(100):
         request, answer = training_record("rewrite", 1, index).turns
         assert parse_caption(answer) is not None and request.startswith("rewrite as a shapes caption: ")
+    # The verify task quotes prompts phrased like users' (as the self-verifier quotes them): never a ShapesEval one.
+    templates = [template.split("{caption}") for template in VQA_TEMPLATES["yes_no"]]
+    for index in range(300):
+        question = training_record("verify", 1, index).turns[0].removesuffix(" <|image|>")
+        quoted = [question[len(a) : -len(b)] for a, b in templates if question.startswith(a) and question.endswith(b)]
+        assert quoted and not is_held_out(quoted[0]) and not quoted[0].endswith((".", "!", "?"))
 
 
 def test_caption_answers_describe_everything_in_their_image():

@@ -3,8 +3,9 @@
 Tasks (TASK_NAMES): text_to_image; the edits edit_recolor, edit_move, edit_add, edit_remove; control_edges
 (edge map -> image, with a caption); subject (the same object in a new scene); segmentation and edges
 (image -> map); caption, vqa (understanding: the image in the user turn); rewrite (a free-form request
--> the canonical caption, text only); verify (vqa's yes/no question alone, its near misses including the
-mistakes a drawing makes: what the self-verifier asks, generation.verifiers.SelfVerifier).
+-> the canonical caption, text only); verify (vqa's yes/no question alone, about prompts phrased like a
+user's, its near misses including the mistakes a drawing makes: what the self-verifier asks,
+generation.verifiers.SelfVerifier; its eval items quote canonical captions).
 
 Image-to-image tasks are v2-style dual panels of 64x128 (formats.image_to_image_prompt and
 image_map_pair_prompt with the whole panel's size): the condition in the upper panel, the result in
@@ -497,20 +498,18 @@ def _near_miss(
     return None if shows(scene, changed) else (changed, kind)
 
 
-def _yes_no_question(
-    rng: np.random.Generator, drawing_mistakes: bool = False
-) -> tuple[Scene, dict[str, str], str, str]:
-    """(scene, words, answer, variant): "yes" and "no" equally often; a "no" is a near miss. With
-    `drawing_mistakes`, the categories a drawing most often gets wrong come up twice as often."""
+def _yes_no_question(rng: np.random.Generator, drawing_mistakes: bool = False) -> tuple[Scene, Spec, str, str]:
+    """(scene, the spec asked about, answer, variant): "yes" and "no" equally often; a "no" is a near
+    miss. With `drawing_mistakes`, the categories a drawing most often gets wrong come up twice as often."""
     spec = sample_spec(rng, _pick(rng, VERIFY_CATEGORIES if drawing_mistakes else CATEGORIES))
     scene = scene_from_spec(rng, spec, *PANEL)
     if rng.random() < 0.5:
-        return scene, {"caption": canonical_caption(spec)}, "yes", "yes"
+        return scene, spec, "yes", "yes"
     for _ in range(SAMPLE_ATTEMPTS):
         miss = _near_miss(rng, spec, scene, drawing_mistakes)
         if miss is not None:
             changed, kind = miss
-            return scene, {"caption": canonical_caption(changed)}, "no", kind
+            return scene, changed, "no", kind
     raise DataError(f"no near-miss caption found for {spec}")
 
 
@@ -528,7 +527,8 @@ def _vqa_question(rng: np.random.Generator, templates: Callable[[str], str]) -> 
         scene, words, answer = _where_question(rng)
         template = templates(kind)
     else:
-        scene, words, answer, miss = _yes_no_question(rng)
+        scene, asked, answer, miss = _yes_no_question(rng)
+        words = {"caption": canonical_caption(asked)}
         variant = f"yes_no:{miss}"
         template = templates(kind)
     return scene, template.format(**words), answer, variant
@@ -544,15 +544,26 @@ def _vqa_item(rng: np.random.Generator, position: int) -> EvalItem:
     return EvalItem("vqa", position, question, *PANEL, image=render(scene), variant=variant, scene=scene, answer=answer)
 
 
+def _prompt_as_quoted(rng: np.random.Generator, spec: Spec) -> str:
+    """A training phrasing of `spec` (no ShapesEval prompt) as the self-verifier quotes a user's prompt:
+    without its closing punctuation."""
+    for _ in range(SAMPLE_ATTEMPTS):
+        text = phrase(spec, rng).strip().rstrip(".!?").strip()
+        if not is_held_out(text):
+            return text
+    raise DataError(f"no training phrasing of {spec} found outside the ShapesEval prompts")
+
+
 def _verify_record(rng: np.random.Generator) -> TrainingRecord:
-    scene, words, answer, _ = _yes_no_question(rng, drawing_mistakes=True)
-    question = _pick(rng, VQA_TEMPLATES["yes_no"]).format(**words)
-    return TrainingRecord("verify", _understanding_turns(apply_case(rng, question), answer), (render(scene),))
+    # Users' prompts, not captions, are what the verifier asks about: the caption is phrased like one.
+    scene, asked, answer, _ = _yes_no_question(rng, drawing_mistakes=True)
+    question = _pick(rng, VQA_TEMPLATES["yes_no"]).format(caption=_prompt_as_quoted(rng, asked))
+    return TrainingRecord("verify", _understanding_turns(question, answer), (render(scene),))
 
 
 def _verify_item(rng: np.random.Generator, position: int) -> EvalItem:
-    scene, words, answer, variant = _yes_no_question(rng, drawing_mistakes=True)
-    question = VQA_TEMPLATES["yes_no"][0].format(**words)
+    scene, asked, answer, variant = _yes_no_question(rng, drawing_mistakes=True)
+    question = VQA_TEMPLATES["yes_no"][0].format(caption=canonical_caption(asked))
     return EvalItem(
         "verify", position, question, *PANEL, image=render(scene), variant=variant, scene=scene, answer=answer
     )
