@@ -229,9 +229,9 @@ class SelfVerifier:
     def question(self, prompt: str) -> str:
         """The yes/no question asked about `prompt` (closing punctuation dropped: the template adds its '?')."""
         from lumina_mgpt.generation.tasks import PROJECT
-        from lumina_mgpt.shapes.tasks import VQA_TEMPLATES
+        from lumina_mgpt.shapes.tasks import VQA_TEMPLATES, quoted_prompt
 
-        text = prompt.strip().rstrip(".!?").strip()
+        text = quoted_prompt(prompt)
         if self.family == PROJECT:
             return VQA_TEMPLATES["yes_no"][0].format(caption=text)
         return OFFICIAL_QUESTION.format(prompt=text)

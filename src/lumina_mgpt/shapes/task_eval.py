@@ -152,9 +152,8 @@ def task_request(item: EvalItem):
         reference = item.scene.objects[0]
         subject = noun_phrase(ObjectGroup(reference.shape, reference.color), with_count=False)
         return TaskRequest(SUBJECT, item.text, item.image, subject=subject)
-    if item.task == "verify":
-        return TaskRequest(VQA, item.text, item.image)
-    return TaskRequest(item.task, item.text, item.image)  # predictions, caption, vqa, rewrite: the same names
+    (task,) = API_TASKS[item.task]  # predictions, caption, vqa, rewrite, verify (asked as vqa)
+    return TaskRequest(task, item.text, item.image)
 
 
 def evaluate_tasks(

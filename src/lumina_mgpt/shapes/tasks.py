@@ -544,11 +544,16 @@ def _vqa_item(rng: np.random.Generator, position: int) -> EvalItem:
     return EvalItem("vqa", position, question, *PANEL, image=render(scene), variant=variant, scene=scene, answer=answer)
 
 
+def quoted_prompt(prompt: str) -> str:
+    """A prompt as a yes/no question quotes it: without its closing punctuation (the template adds a '?').
+    The self-verifier and the verify task's records both quote this way."""
+    return prompt.strip().rstrip(".!?").strip()
+
+
 def _prompt_as_quoted(rng: np.random.Generator, spec: Spec) -> str:
-    """A training phrasing of `spec` (no ShapesEval prompt) as the self-verifier quotes a user's prompt:
-    without its closing punctuation."""
+    """A training phrasing of `spec` (no ShapesEval prompt), quoted as the self-verifier quotes a user's prompt."""
     for _ in range(SAMPLE_ATTEMPTS):
-        text = phrase(spec, rng).strip().rstrip(".!?").strip()
+        text = quoted_prompt(phrase(spec, rng))
         if not is_held_out(text):
             return text
     raise DataError(f"no training phrasing of {spec} found outside the ShapesEval prompts")
