@@ -181,21 +181,21 @@ def test_degraded_right_outputs_still_score_high(task):
         assert np.mean(scores) >= 0.9, kind
 
 
-@pytest.mark.skipif(not (EMBEDDED_MODEL / "image_tokenizer").is_dir(), reason="the embedded model is not built")
 def test_right_outputs_through_the_shapes_image_tokenizer_still_score_high():
     import torch
 
     from lumina_mgpt.vision import ImageTokenizer
 
     tokenizer = ImageTokenizer.from_pretrained(EMBEDDED_MODEL / "image_tokenizer")
-    # Measured on 24 items: control 0.99, segmentation 0.94, edges 0.81, add 1.0; the tokenizer itself
-    # turns some reds orange and blacks red, which the edit and subject scorers rightly count as wrong.
-    floors = {"control_edges": 0.9, "segmentation": 0.85, "edges": 0.7, "edit_add": 0.9}
-    for task, floor in floors.items():
+    # Measured on 24 items a task: 1.00 everywhere but segmentation, 0.99 (every palette color survives);
+    # v4's tokenizer turned some reds orange and blacks red, which the edit and subject scorers count as wrong.
+    for task in IMAGE_TASKS:
+        if task == "text_to_image":
+            continue  # its items mix canvas sizes; ShapesEval's ground-truth check covers it
         items = eval_items(task, 12, seed=0)
         with torch.no_grad():
             decoded = tokenizer.decode_to_pil(tokenizer.encode([_right_output(item) for item in items]))
-        assert np.mean([score_item(item, image) for item, image in zip(items, decoded)]) >= floor, task
+        assert np.mean([score_item(item, image) for item, image in zip(items, decoded)]) >= 0.95, task
 
 
 def test_outputs_of_the_wrong_size_or_type_are_refused():
