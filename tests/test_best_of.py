@@ -30,7 +30,7 @@ from lumina_mgpt.generation.verifiers import (
     load_verifiers,
     ranks,
 )
-from lumina_mgpt.shapes.tasks import PANEL, VQA_TEMPLATES, training_record
+from lumina_mgpt.shapes.tasks import VQA_TEMPLATES, training_record
 
 SIZE = 32
 REDDEST = "python:test_best_of:redness"
@@ -215,7 +215,7 @@ def test_http_verifier_scores_and_times_out_clearly(score_server):
 def hand_score(pipe: Pipeline, image: Image.Image, prompt: str) -> float:
     """P(yes) / (P(yes) + P(no)) from a full forward over the training-style VQA prompt, written out here."""
     question = VQA_TEMPLATES["yes_no"][0].format(caption=prompt)
-    grid = pipe.image_tokenizer.encode([image.convert("RGB").resize(PANEL, resample=Image.BICUBIC)])[0].numpy()
+    grid = pipe.image_tokenizer.encode([image.convert("RGB")])[0].numpy()  # each image at its own size
     ids = encode_generation_prompt([f"{question} <|image|>"], [grid], pipe.text_tokenizer, pipe.layout)
     with torch.no_grad():
         logits = pipe.model(torch.as_tensor(ids)[None])[0, -1]
@@ -225,7 +225,7 @@ def hand_score(pipe: Pipeline, image: Image.Image, prompt: str) -> float:
 
 def test_self_verifier_is_the_yes_no_softmax_of_one_batched_forward(pipe, monkeypatch):
     images = [training_record("vqa", 3, i).images[0] for i in range(3)]
-    images.append(Image.effect_noise((80, 48), 50).convert("RGB"))  # another aspect: stretched onto the panel
+    images.append(Image.effect_noise((80, 48), 50).convert("RGB"))  # another of the model's sizes, read as it is
     prompt = "a red circle above a blue square."
     verifier = SelfVerifier(pipe)
     calls = count_engine_calls(pipe, monkeypatch, "generate_text")

@@ -28,7 +28,7 @@ from lumina_mgpt.formats import (
 )
 from lumina_mgpt.generation.outputs import save_png
 from lumina_mgpt.generation.pipeline import Pipeline
-from lumina_mgpt.generation.tasks import PROJECT, V1, V2, V2_PANEL, TaskRequest, image_task_turn
+from lumina_mgpt.generation.tasks import PROJECT, V1, V2, V2_PANEL, TaskRequest, image_task_turn, text_task_turn
 from lumina_mgpt.model_folder import FAMILY_TASKS, OMNI_TASKS, official_tasks, read_model_info
 from lumina_mgpt.shapes.tasks import PANEL, REWRITE_INSTRUCTION, TASK_NAMES, TASKS, training_record
 from lumina_mgpt.vision import ImageTokenizer
@@ -113,6 +113,18 @@ def test_text_task_prompts_equal_the_training_prompts(pipe, engine_calls, task):
         trained = encode_conversation(list(record.turns), grids, pipe.text_tokenizer, pipe.layout, "response").ids
         ours = engine_calls[-1]["prompts"][0]
         assert ours == trained[: len(ours)].tolist() and ours[-1] == pipe.layout.separator_id
+
+
+def test_an_image_is_read_at_its_resolution_bucket(pipe, engine_calls):
+    """A drawing of the model's (80x48) is questioned code for code at its own size; a photo of another size
+    is resized to the bucket closest to it in aspect (400x250 -> 80x48)."""
+    drawing = Image.effect_noise((80, 48), 40).convert("RGB")
+    for image in (drawing, drawing.resize((400, 250))):
+        pipe.ask(image, "how many circles are there?", max_new_tokens=1)
+        grid = pipe.image_tokenizer.encode([resize_to_bucket(image, (80, 48))])[0].numpy()
+        question = text_task_turn(TaskRequest("vqa", "how many circles are there?", image), PROJECT)
+        expected = encode_generation_prompt([question], [grid], pipe.text_tokenizer, pipe.layout).tolist()
+        assert engine_calls[-1]["prompts"][0] == expected
 
 
 def test_dual_panel_decodes_only_the_lower_panel_of_the_given_rows(pipe, engine_calls):

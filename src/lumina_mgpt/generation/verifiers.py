@@ -236,26 +236,14 @@ class SelfVerifier:
             return VQA_TEMPLATES["yes_no"][0].format(caption=text)
         return OFFICIAL_QUESTION.format(prompt=text)
 
-    def understanding_image(self, image: Image.Image) -> Image.Image:
-        """The image as the model reads it. Project models saw PANEL canvases: a candidate of another aspect
-        is stretched onto one, since cropping it (as `Pipeline.ask` does) would cut objects off the sides
-        and change the answer; official models get the input's resolution bucket."""
-        from lumina_mgpt.formats import resize_to_bucket
-        from lumina_mgpt.generation.tasks import PROJECT, input_bucket
-        from lumina_mgpt.shapes.tasks import PANEL
-
-        rgb = image.convert("RGB")
-        if self.family == PROJECT:
-            return rgb if rgb.size == PANEL else rgb.resize(PANEL, resample=Image.BICUBIC)
-        return resize_to_bucket(rgb, input_bucket(self.pipe.layout, self.pipe.defaults, rgb))
-
     def prompt_ids(self, images: Sequence[Image.Image], prompt: str) -> list:
         """The prompt ids of each (question, image) pair, ending with the separator the answer follows."""
         from lumina_mgpt.formats import encode_generation_prompt
-        from lumina_mgpt.generation.tasks import TaskRequest, text_task_turn
+        from lumina_mgpt.generation.tasks import TaskRequest, text_task_turn, understanding_input
 
         pipe = self.pipe
-        grids = pipe.image_tokenizer.encode([self.understanding_image(image) for image in images])
+        # one at a time: the candidates of a prompt share a size, images of several prompts need not
+        grids = [pipe.image_tokenizer.encode([understanding_input(pipe, image)])[0] for image in images]
         question = self.question(prompt)
         return [
             encode_generation_prompt(
