@@ -5,7 +5,7 @@ depends on the model's family (`prompt_family`, from the vocabulary layout):
 - "project" (the compact layout: models trained on the shapes task world, shapes/tasks.py): the
   exact training prompts of that world. Image-to-image tasks are v2-style dual panels of two
   shapes.tasks.PANEL canvases; understanding tasks show the image in the user turn (at the resolution
-  bucket closest to it, `understanding_input`); rewriting is text only;
+  bucket closest to it, `understanding_codes`); rewriting is text only;
 - "lumina-mgpt-2" (official v2 Omni): the released dual-panel sentences (formats.image_to_image_prompt,
   image_map_pair_prompt), on panels of V2_PANEL;
 - "lumina-mgpt" (official v1 Omni): the task text, then the input image in the user turn; the answer
@@ -221,13 +221,15 @@ def input_bucket(layout: VocabLayout, defaults: Defaults, image: Image.Image) ->
     return closest_bucket(image.width, image.height, sizes)
 
 
-def understanding_input(pipe, image: Image.Image) -> Image.Image:
-    """An image to be described, questioned or verified, resized to the resolution bucket of the model's size
-    closest to it in aspect: a picture the model drew is read at its own size, code for code. Project
+def understanding_codes(pipe, image: Image.Image) -> np.ndarray:
+    """The code grid of an image to be described, questioned or verified, resized first to the resolution
+    bucket of the model's size closest to it in aspect: a picture the model drew is read at its own size,
+    code for code. Project
     models were taught on PANEL canvases, yet scaling one of their 80x48 drawings onto a PANEL (stretched,
     cropped or letterboxed) moves its objects off the VQ's 8-pixel patch grid, and the embedded model then
     captions a single square as "three black circles"; at its own size it reads "a black square"."""
-    return resize_to_bucket(image.convert("RGB"), input_bucket(pipe.layout, pipe.defaults, image))
+    resized = resize_to_bucket(image.convert("RGB"), input_bucket(pipe.layout, pipe.defaults, image))
+    return pipe.image_tokenizer.encode([resized])[0].cpu().numpy()
 
 
 def answer_size(
@@ -343,7 +345,7 @@ class TaskRunner:
         pipe = self.pipe
         prompts = []
         for request in requests:
-            images = [] if request.task == REWRITE else [self._understanding_codes(request.image)]
+            images = [] if request.task == REWRITE else [understanding_codes(self.pipe, request.image)]
             prompts.append(
                 encode_generation_prompt(
                     [text_task_turn(request, self.family)], images, pipe.text_tokenizer, pipe.layout
@@ -361,10 +363,6 @@ class TaskRunner:
             )
         # An image opened in a text answer is no part of it: only the text is kept.
         return [" ".join(pipe.read_answer(answer).text.replace(IMAGE_PLACEHOLDER, " ").split()) for answer in answers]
-
-    def _understanding_codes(self, image: Image.Image) -> np.ndarray:
-        image = understanding_input(self.pipe, image)
-        return self.pipe.image_tokenizer.encode([image])[0].cpu().numpy()
 
 
 def check_request_batch(

@@ -239,15 +239,15 @@ class SelfVerifier:
     def prompt_ids(self, images: Sequence[Image.Image], prompt: str) -> list:
         """The prompt ids of each (question, image) pair, ending with the separator the answer follows."""
         from lumina_mgpt.formats import encode_generation_prompt
-        from lumina_mgpt.generation.tasks import TaskRequest, text_task_turn, understanding_input
+        from lumina_mgpt.generation.tasks import TaskRequest, text_task_turn, understanding_codes
 
         pipe = self.pipe
         # one at a time: the candidates of a prompt share a size, images of several prompts need not
-        grids = [pipe.image_tokenizer.encode([understanding_input(pipe, image)])[0] for image in images]
+        grids = [understanding_codes(pipe, image) for image in images]
         question = self.question(prompt)
         return [
             encode_generation_prompt(
-                [text_task_turn(TaskRequest(VQA, question, image), self.family)], [grid.cpu().numpy()],
+                [text_task_turn(TaskRequest(VQA, question, image), self.family)], [grid],
                 pipe.text_tokenizer, pipe.layout,
             )
             for image, grid in zip(images, grids)
