@@ -30,6 +30,8 @@ TASK_BARS = [
     ("caption", "caption", 0.80),
     ("vqa", "visual questions", 0.85),
     ("rewrite", "rewrite", 0.90),
+    ("verify", "verify (the self-verifier's question; no bar)", None),
+    ("relations", "relations (where two objects are; no bar)", None),
 ]
 EDITS = ("edit_recolor", "edit_move", "edit_add", "edit_remove")
 EDIT_BAR = 0.80

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from lumina_mgpt.shapes.tasks import (
 )
 from lumina_mgpt.shapes.world import CANVAS_SIZES, render
 
-UNDERSTANDING = ("caption", "vqa", "verify")
+UNDERSTANDING = ("caption", "vqa", "verify", "relations")
 
 
 def _image_bytes(record):
@@ -136,6 +137,44 @@ def test_verify_answers_agree_with_the_analyzer_and_its_near_misses_include_a_dr
     drawing_mistakes = {"count_off_by_one", "swapped_colors", "other_axis", "one_more_object"}
     assert drawing_mistakes | {"wrong_color", "wrong_shape", "wrong_count", "swapped_relation"} <= set(kinds)
     assert sum(kinds[kind] for kind in drawing_mistakes) > 0.3 * (len(items) - kinds["yes"])
+
+
+def test_relations_answers_agree_with_the_analyzer_and_no_is_the_direction_or_the_axis_wrong():
+    items = eval_items("relations", 300, seed=4)
+    for item in items:
+        detections = detect(item.image)
+        if item.variant == "where":
+            names = item.text.removeprefix("where is the ").removesuffix("?").split(" relative to the ")
+            by_name = {f"{d.color} {d.shape}": d for d in detections}
+            assert relations_between(by_name[names[0]], by_name[names[1]]) == {item.answer}
+        else:
+            caption = parse_caption(item.text.removeprefix("does this image show: ").removesuffix("?"))
+            assert caption.relation is not None and len(detections) == 2
+            assert item.answer == ("yes" if score(item.image, caption) else "no")
+            assert (item.answer == "yes") == (item.variant == "yes_no:yes")
+    kinds = Counter(item.variant for item in items)
+    assert set(kinds) == {"where", "yes_no:yes", "yes_no:swapped_relation", "yes_no:other_axis"}
+    assert 0.5 < kinds["where"] / len(items) < 0.7
+    assert 0.35 < kinds["yes_no:yes"] / (len(items) - kinds["where"]) < 0.65
+
+
+@pytest.mark.parametrize("task", ["vqa", "relations"])
+def test_where_questions_are_trained_to_answer_after_a_caption_of_the_scene(task):
+    seen = 0
+    for index in range(200):
+        record = training_record(task, 2, index)
+        question, response = record.turns[0].lower(), record.turns[1]
+        if not question.startswith(("where", "how is", "is the")):
+            assert "answer:" not in response
+            continue
+        seen += 1
+        caption, _, answer = response.removeprefix("i see ").partition(". answer: ")
+        spec = parse_caption(caption)
+        assert score(record.images[0], spec) and spec.relation.name in ("left of", "above")
+        names = re.search(r"the (\w+ \w+) (?:placed )?(?:relative to|compared to|left of, right of, above or below) the (\w+ \w+)\?", question)
+        by_name = {f"{d.color} {d.shape}": d for d in detect(record.images[0])}
+        assert relations_between(by_name[names.group(1)], by_name[names.group(2)]) == {answer}
+    assert seen > 20
 
 
 @pytest.mark.parametrize("task", TASK_NAMES)

@@ -70,8 +70,8 @@ def engine_calls(pipe, monkeypatch):
 def request_from_record(task: str, turns: tuple[str, ...], image: Image.Image | None) -> TaskRequest:
     """The API request a training record answers (its inputs read back from the training prompt)."""
     prompt = turns[0]
-    if task in ("caption", "vqa", "verify"):  # verify is asked as a visual question
-        return TaskRequest("vqa" if task == "verify" else task, prompt.removesuffix(" <|image|>"), image)
+    if task in ("caption", "vqa", "verify", "relations"):  # verify and relations are asked as visual questions
+        return TaskRequest("vqa" if task in ("verify", "relations") else task, prompt.removesuffix(" <|image|>"), image)
     if task == "rewrite":
         return TaskRequest(task, prompt.removeprefix(REWRITE_INSTRUCTION.split("{request}")[0]))
     upper = image.crop((0, 0, *PANEL))
@@ -103,7 +103,7 @@ def test_dual_panel_prompts_and_upper_rows_equal_the_training_sequence(pipe, eng
         assert call["args"][:2] == (64, 128)
 
 
-@pytest.mark.parametrize("task", ["caption", "vqa", "rewrite", "verify"])
+@pytest.mark.parametrize("task", ["caption", "vqa", "rewrite", "verify", "relations"])
 def test_text_task_prompts_equal_the_training_prompts(pipe, engine_calls, task):
     for index in range(3):
         record = training_record(task, 7, index)
@@ -189,6 +189,18 @@ def test_answer_images_carry_task_inputs_and_settings_into_the_png(pipe, tmp_pat
     assert edited["task"] == "edit" and edited["instruction"] == "make it blue"
     subject = json.loads(pipe.subject(condition, "red circle", "the same red circle").info["parameters"])
     assert subject["subject"] == "red circle" and subject["prompt"] == "the same red circle"
+
+
+def test_ask_returns_what_a_project_model_answers_after_what_it_saw(pipe, monkeypatch):
+    """A where-question is trained to be answered after a caption of the scene (shapes.tasks.SEEN_ANSWER):
+    ask returns the answer alone."""
+    record = next(r for r in (training_record("relations", 7, i) for i in range(20)) if "answer:" in r.turns[1])
+    written = np.array([*pipe.text_tokenizer.encode(record.turns[1]), pipe.layout.separator_id])
+    monkeypatch.setattr(pipe.engine, "generate_text", lambda prompts, *args, **kwargs: [written] * len(prompts))
+    question = record.turns[0].removesuffix(" <|image|>")
+    assert pipe.ask(record.images[0], question) == record.turns[1].rpartition("answer: ")[2]
+    assert pipe.ask(record.images[0], question) in ("left of", "right of", "above", "below")
+    assert pipe.read_answer(written).text == record.turns[1]
 
 
 def test_text_answers_are_strings(pipe):

@@ -703,7 +703,9 @@ class Pipeline:
         return self.run_text_tasks([TaskRequest(CAPTION, question, image)], seed=seed, **sampling)[0]
 
     def ask(self, image: Image.Image, question: str, seed: int = 0, **sampling) -> str:
-        """The answer to a question about `image` ("how many circles are there?"); `sampling` as in `caption`."""
+        """The answer to a question about `image` ("how many circles are there?"); `sampling` as in `caption`.
+        A project model asked where objects are first writes what it sees; only the answer after that is
+        returned."""
         return self.run_text_tasks([TaskRequest(VQA, question, image)], seed=seed, **sampling)[0]
 
     def rewrite(self, prompt: str, seed: int = 0, **sampling) -> str:

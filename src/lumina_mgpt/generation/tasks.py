@@ -54,6 +54,7 @@ from lumina_mgpt.model_folder import (
     require_task,
 )
 from lumina_mgpt.shapes.tasks import (
+    ANSWER_MARKER,
     CAPTION_QUESTIONS,
     EDGE_MAP,
     EDIT_CONDITION,
@@ -362,7 +363,14 @@ class TaskRunner:
                 progress=progress,
             )
         # An image opened in a text answer is no part of it: only the text is kept.
-        return [" ".join(pipe.read_answer(answer).text.replace(IMAGE_PLACEHOLDER, " ").split()) for answer in answers]
+        texts = [" ".join(pipe.read_answer(answer).text.replace(IMAGE_PLACEHOLDER, " ").split()) for answer in answers]
+        return [final_answer(text) for text in texts] if self.family == PROJECT else texts
+
+
+def final_answer(text: str) -> str:
+    """What a project model answers after what it saw ("i see a red circle left of a blue square. answer:
+    right of" -> "right of"; shapes.tasks.SEEN_ANSWER); a text without the marker is the answer."""
+    return text.rpartition(ANSWER_MARKER)[2].strip() if ANSWER_MARKER in text else text
 
 
 def check_request_batch(

@@ -50,6 +50,7 @@ API_TASKS = {
     "vqa": (VQA,),
     "rewrite": (REWRITE,),
     "verify": (VQA,),
+    "relations": (VQA,),
 }
 # What each score measures (task_scoring.py has the rules).
 METRICS = {
@@ -64,8 +65,9 @@ METRICS = {
     "vqa": "exact answer",
     "rewrite": "caption parses to spec",
     "verify": "exact yes/no",
+    "relations": "exact answer",
 }
-TEXT_OUTPUT_TASKS = ("caption", "vqa", "rewrite", "verify")
+TEXT_OUTPUT_TASKS = ("caption", "vqa", "rewrite", "verify", "relations")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Exact scorers of the multi-task shapes world: `score_item(item, output)` in [0, 1].
 
-`output` is a PIL image for image tasks and a string for text tasks (caption, vqa, rewrite). For
+`output` is a PIL image for image tasks and a string for text tasks (caption, vqa, rewrite, verify, relations). For
 dual-panel tasks either the whole 64x128 dual panel or its lower 64x64 panel is accepted (told apart
 by size). Per task:
 - text_to_image: the ShapesEval analyzer against the spec (1 or 0);
@@ -15,7 +15,7 @@ by size). Per task:
 - segmentation: mean IoU over the classes present in the exact map or the prediction (background
   included); edges: F1 of edge pixels, each side counted as found within one pixel of the other;
 - caption, rewrite: the parsed caption means the expected spec (1 or 0);
-- vqa, verify: the normalized answer equals the expected one (1 or 0).
+- vqa, verify, relations: the normalized answer equals the expected one (1 or 0).
 """
 
 from __future__ import annotations
@@ -219,6 +219,7 @@ SCORERS: dict[str, Callable[[EvalItem, object], float]] = {
     "vqa": _text_scorer(score_vqa),
     "rewrite": _text_scorer(score_caption),
     "verify": _text_scorer(score_vqa),
+    "relations": _text_scorer(score_vqa),
 }
 
 
