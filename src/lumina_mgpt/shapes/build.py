@@ -1,15 +1,16 @@
 """Build the embedded shapes model with the project's own pipeline, one resumable step at a time:
 
 1. render the task world's training records (shapes/tasks.py): 64 px canvases (text to image,
-   captions, visual questions, rewrites), 64x128 dual panels (editing, control, subject, maps), and a
-   group of fresh caption, question, rewrite and text-to-image records for the text stage,
+   captions, visual questions, rewrites), 64x128 dual panels (editing, control, subject, maps), a
+   group of fresh caption, question, rewrite and text-to-image records for the text stage, and the
+   verify, relations and subject groups of the later stages,
 2. train a lower-casing byte-level BPE on the text of the first two groups,
 3. train the patch-local VQ image tokenizer on the task world's images (shapes/vq_images.py),
 4. write the project assets (tokenizer.json, image_tokenizer/, lumina.json with the layout and tasks),
 5. `lumina pretokenize` each group at its target size (64 for canvases, 96 for the dual panels),
-6. `lumina train recipes/shapes-multitask.toml`, then `lumina train recipes/shapes-multitask-text.toml`
-   from its final model,
-7. export the text stage's final model, in bf16, into the package (src/lumina_mgpt/assets/shapes-model).
+6. `lumina train recipes/shapes-multitask.toml`, then `recipes/shapes-multitask-text.toml` from its final
+   model, then `recipes/shapes-multitask-polish.toml` (relations and subject scenes) from that one's,
+7. export the polish stage's final model, in bf16, into the package (src/lumina_mgpt/assets/shapes-model).
 
     python -m lumina_mgpt.shapes.build            # from the repository root; see --help
 
@@ -27,8 +28,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
-# The main recipe, then a short text stage on fresh records of the tasks that answer in words.
-RECIPES = (REPO / "recipes" / "shapes-multitask.toml", REPO / "recipes" / "shapes-multitask-text.toml")
+# The main recipe, then a short text stage on fresh records of the tasks that answer in words, then a
+# polish stage on relations and subject scenes.
+RECIPES = tuple(
+    REPO / "recipes" / f"shapes-multitask{stage}.toml" for stage in ("", "-text", "-polish")
+)
 WORK = REPO / "runs" / "multitask"  # the recipe's paths point here
 # Records per task. Canvas tasks pretokenize at 64 (64x64, 80x48, 48x80 are its buckets), dual panels
 # at 96 (64x128 is a bucket of 96, not of 64).
@@ -44,9 +48,13 @@ TEXT_COUNTS = {"caption": 30000, "vqa": 60000, "rewrite": 80000, "text_to_image"
 # Also for the text stage: the self-verifier's yes/no question with near misses like a drawing's mistakes.
 # At step 5,500 the model answered "yes" to nearly every near miss of the main mix's questions.
 VERIFY_COUNTS = {"verify": 24000}
+# For the polish stage: the text stage's model answered "where is X relative to Y?" on the right axis but
+# in a direction no better than chance, and lost the reference object in subject scenes.
+RELATIONS_COUNTS = {"relations": 24000}
+SUBJECT_COUNTS = {"subject": 10000}
 GROUPS = {
     "single": (SINGLE_COUNTS, 64), "panels": (PANEL_COUNTS, 96), "text": (TEXT_COUNTS, 64),
-    "verify": (VERIFY_COUNTS, 64),
+    "verify": (VERIFY_COUNTS, 64), "relations": (RELATIONS_COUNTS, 64), "subject": (SUBJECT_COUNTS, 96),
 }  # fmt: skip
 BPE_GROUPS = ("single", "panels")
 # The fixed dual-panel sentence and the size phrases repeat in every record: a vocabulary of 1,024
@@ -215,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--data-scale", type=float, default=1.0,
-        help="multiply every task's record count (default: 1.0, 416,000 records; 0.01 for a smoke build)",
+        help="multiply every task's record count (default: 1.0, 450,000 records; 0.01 for a smoke build)",
     )
     parser.add_argument("--max-steps", type=int, help="stop training after this many steps (resume later)")
     parser.add_argument("--device", help="training device (default: CUDA when present)")
