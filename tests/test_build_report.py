@@ -118,3 +118,20 @@ def test_a_work_folder_without_data_is_a_clear_error(tmp_path):
         read_row_tasks(tmp_path, GROUPS)
     with pytest.raises(SystemExit):
         main(["--work", str(tmp_path)])
+
+
+def test_the_build_recipes_chain_and_read_only_the_groups_the_build_makes():
+    """Each recipe of the build starts from the one before it and trains on pretokenized groups of GROUPS,
+    so a fresh machine's build makes everything its stages read."""
+    from lumina_mgpt.shapes.build import RECIPES, WORK
+    from lumina_mgpt.training.recipe import Recipe
+
+    recipes = [Recipe.from_file(path) for path in RECIPES]
+    made = {(WORK / f"tokens-{group}").resolve() for group in BUILD_GROUPS}
+    for before, recipe in zip([None, *recipes], recipes):
+        if before is not None:
+            assert recipe.model.path.resolve() == (before.output_dir / "final").resolve()
+        for stage in recipe.stages:
+            assert {source.manifest.resolve() for source in stage.data} <= made
+    read = {source.manifest.resolve() for recipe in recipes for stage in recipe.stages for source in stage.data}
+    assert read == made  # and every group rendered is trained on
