@@ -403,10 +403,15 @@ def caption_spec(rng: np.random.Generator) -> Spec:
         color = group.color or _pick(rng, [c for c in COLORS if c not in taken])
         taken.add(color)
         groups.append(replace(group, color=color))
-    relation = spec.relation
-    if relation is not None and relation.name in ("right of", "below"):
-        relation = Relation(relation.reference, INVERSE_RELATIONS[relation.name], relation.subject)
+    relation = spec.relation if spec.relation is None else _in_reading_order(spec.relation)
     return Spec(category, tuple(groups), relation)
+
+
+def _in_reading_order(relation: Relation) -> Relation:
+    """The relation said from the left or top object, as captions say it ("right of" -> "left of" the other way)."""
+    if relation.name in ("right of", "below"):
+        return Relation(relation.reference, INVERSE_RELATIONS[relation.name], relation.subject)
+    return relation
 
 
 def _caption_record(rng: np.random.Generator) -> TrainingRecord:
@@ -461,9 +466,8 @@ def _where_question(rng: np.random.Generator) -> tuple[Scene, dict[str, str], st
     name = _pick(rng, list(INVERSE_RELATIONS))
     scene = place_objects(rng, [first, second], *PANEL, relation=(0, name, 1))
     words = {"subject": f"{first[1]} {first[0]}", "reference": f"{second[1]} {second[0]}"}
-    groups = (ObjectGroup(*first), ObjectGroup(*second))
-    relation = Relation(0, name, 1) if name in ("left of", "above") else Relation(1, INVERSE_RELATIONS[name], 0)
-    seen = canonical_caption(Spec("position", groups, relation))  # as a caption says it: left or top object first
+    spec = Spec("position", (ObjectGroup(*first), ObjectGroup(*second)), _in_reading_order(Relation(0, name, 1)))
+    seen = canonical_caption(spec)
     return scene, words, name, SEEN_ANSWER.format(caption=seen, answer=name)
 
 
@@ -495,16 +499,13 @@ def _near_miss(
     elif kind == "wrong_count":
         options = [n for n in (2, 3, 4) if n != group.count]
         groups[at] = replace(group, count=options[int(rng.integers(len(options)))], exact=True)
-    elif kind == "swapped_relation":
-        relation = replace(relation, name=INVERSE_RELATIONS[relation.name])
+    elif kind in ("swapped_relation", "other_axis"):
+        relation = _changed_relation(rng, relation, kind)
     elif kind == "count_off_by_one":  # one object too many or too few (one object: two)
         options = [n for n in (group.count - 1, group.count + 1) if 2 <= n <= 4]
         groups[at] = replace(group, count=options[int(rng.integers(len(options)))], exact=True)
     elif kind == "swapped_colors":  # each color on the other object
         groups = [replace(groups[0], color=groups[1].color), replace(groups[1], color=groups[0].color)]
-    elif kind == "other_axis":  # left/right for above/below and back
-        axis = ("above", "below") if relation.name in ("left of", "right of") else ("left of", "right of")
-        relation = replace(relation, name=_pick(rng, axis))
     else:  # one_more_object: the caption names an object the scene lacks
         shape = _pick(rng, [s for s in SHAPES if s != group.shape])
         groups.append(ObjectGroup(shape, _pick(rng, list(COLORS)) if group.color else None))
@@ -512,6 +513,15 @@ def _near_miss(
     category = "two_object" if len(groups) > len(spec.groups) else category
     changed = Spec(category, tuple(groups), relation)
     return None if shows(scene, changed) else (changed, kind)
+
+
+def _changed_relation(rng: np.random.Generator, relation: Relation, kind: str) -> Relation:
+    """The relation reversed ("swapped_relation") or on the other axis ("other_axis": left/right for
+    above/below and back)."""
+    if kind == "swapped_relation":
+        return replace(relation, name=INVERSE_RELATIONS[relation.name])
+    axis = ("above", "below") if relation.name in ("left of", "right of") else ("left of", "right of")
+    return replace(relation, name=_pick(rng, axis))
 
 
 def _yes_no_question(rng: np.random.Generator, drawing_mistakes: bool = False) -> tuple[Scene, Spec, str, str]:
@@ -604,12 +614,8 @@ def _relation_question(rng: np.random.Generator, template: Callable[[str], str])
     asked, answer, variant = spec, "yes", "yes_no:yes"
     if rng.random() < 0.5:
         for _ in range(SAMPLE_ATTEMPTS):
-            name = spec.relation.name
             variant = _pick(rng, ("swapped_relation", "other_axis"))
-            axis = ("above", "below") if name in ("left of", "right of") else ("left of", "right of")
-            changed = replace(spec, relation=replace(spec.relation, name=(
-                INVERSE_RELATIONS[name] if variant == "swapped_relation" else _pick(rng, axis)
-            )))  # fmt: skip
+            changed = replace(spec, relation=_changed_relation(rng, spec.relation, variant))
             if not shows(scene, changed):
                 asked, answer, variant = changed, "no", f"yes_no:{variant}"
                 break
