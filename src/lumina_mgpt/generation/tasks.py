@@ -370,7 +370,7 @@ class TaskRunner:
 def final_answer(text: str) -> str:
     """What a project model answers after what it saw ("i see a red circle left of a blue square. answer:
     right of" -> "right of"; shapes.tasks.SEEN_ANSWER); a text without the marker is the answer."""
-    return text.rpartition(ANSWER_MARKER)[2].strip() if ANSWER_MARKER in text else text
+    return text.rpartition(ANSWER_MARKER)[2].strip()
 
 
 def check_request_batch(
