@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from lumina_mgpt.data import RecordIndex
 from lumina_mgpt.errors import DataError
@@ -21,6 +22,7 @@ from lumina_mgpt.shapes.task_eval import TEXT_OUTPUT_TASKS
 from lumina_mgpt.shapes.tasks import (
     DUAL_PANEL,
     PANEL,
+    READING_TASKS,
     REWRITE_INSTRUCTION,
     TASK_NAMES,
     TASKS,
@@ -31,7 +33,8 @@ from lumina_mgpt.shapes.tasks import (
 )
 from lumina_mgpt.shapes.world import CANVAS_SIZES, render
 
-UNDERSTANDING = ("caption", "vqa", "verify", "relations")
+# 64x64 pictures (the held-out items, the first stages' records), or pictures of every canvas
+CANVAS_CHOICES = pytest.mark.parametrize("canvases", [(PANEL,), CANVAS_SIZES], ids=["64x64", "every-canvas"])
 
 
 def _image_bytes(record):
@@ -54,7 +57,7 @@ def test_training_records_are_deterministic_conversations_of_the_right_images(ta
             width, height = record.images[0].size
             assert (width, height) in CANVAS_SIZES
             assert record.turns[0].startswith(f"Generate an image of {width}x{height} according")
-        elif task in UNDERSTANDING:
+        elif task in READING_TASKS:
             assert sizes == {PANEL} and record.turns[0].endswith(IMAGE_PLACEHOLDER)
         else:
             assert not record.images and record.turns[0].startswith(REWRITE_INSTRUCTION.split("{")[0])
@@ -87,9 +90,10 @@ def test_text_to_image_prompts_are_never_shapeseval_prompts_and_rewrites_answer_
         assert quoted and not is_held_out(quoted[0]) and not quoted[0].endswith((".", "!", "?"))
 
 
-def test_caption_answers_describe_everything_in_their_image():
+@CANVAS_CHOICES
+def test_caption_answers_describe_everything_in_their_image(canvases):
     for index in range(40):
-        record = training_record("caption", 2, index)
+        record = training_record("caption", 2, index, canvases)
         spec = parse_caption(record.turns[1])
         image = record.images[0]
         assert score(image, spec)
@@ -97,8 +101,9 @@ def test_caption_answers_describe_everything_in_their_image():
         assert spec.relation is None or spec.relation.name in ("left of", "above")
 
 
-def test_vqa_answers_agree_with_the_analyzer_on_the_rendered_image():
-    items = eval_items("vqa", 400, seed=4)
+@CANVAS_CHOICES
+def test_vqa_answers_agree_with_the_analyzer_on_the_rendered_image(canvases):
+    items = eval_items("vqa", 400, seed=4, canvases=canvases)
     yes_no = Counter()
     for item in items:
         detections = detect(item.image)
@@ -126,8 +131,9 @@ def test_vqa_answers_agree_with_the_analyzer_on_the_rendered_image():
     assert {"yes_no:wrong_color", "yes_no:wrong_count", "yes_no:swapped_relation", "yes_no:wrong_shape"} <= set(yes_no)
 
 
-def test_verify_answers_agree_with_the_analyzer_and_its_near_misses_include_a_drawings_mistakes():
-    items = eval_items("verify", 600, seed=4)
+@CANVAS_CHOICES
+def test_verify_answers_agree_with_the_analyzer_and_its_near_misses_include_a_drawings_mistakes(canvases):
+    items = eval_items("verify", 600, seed=4, canvases=canvases)
     for item in items:
         caption = item.text.removeprefix("does this image show: ").removesuffix("?")
         assert item.answer == ("yes" if score(item.image, parse_caption(caption)) else "no"), item.text
@@ -136,11 +142,13 @@ def test_verify_answers_agree_with_the_analyzer_and_its_near_misses_include_a_dr
     assert 0.4 < kinds["yes"] / len(items) < 0.6
     drawing_mistakes = {"count_off_by_one", "swapped_colors", "other_axis", "one_more_object"}
     assert drawing_mistakes | {"wrong_color", "wrong_shape", "wrong_count", "swapped_relation"} <= set(kinds)
-    assert sum(kinds[kind] for kind in drawing_mistakes) > 0.3 * (len(items) - kinds["yes"])
+    # about a third of the misses (0.28-0.35 over seeds and canvases): 0.2 is four standard deviations below
+    assert sum(kinds[kind] for kind in drawing_mistakes) > 0.2 * (len(items) - kinds["yes"])
 
 
-def test_relations_answers_agree_with_the_analyzer_and_no_is_the_direction_or_the_axis_wrong():
-    items = eval_items("relations", 300, seed=4)
+@CANVAS_CHOICES
+def test_relations_answers_agree_with_the_analyzer_and_no_is_the_direction_or_the_axis_wrong(canvases):
+    items = eval_items("relations", 300, seed=4, canvases=canvases)
     for item in items:
         detections = detect(item.image)
         if item.variant == "where":
@@ -197,6 +205,33 @@ def test_eval_items_are_deterministic_and_carry_what_their_scorer_needs(task):
             assert item.answer
 
 
+@pytest.mark.parametrize("task", READING_TASKS)
+def test_reading_tasks_show_their_pictures_on_the_canvases_asked_and_64x64_records_stay_as_they_were(task):
+    for index in range(30):
+        default = training_record(task, 3, index)
+        explicit = training_record(task, 3, index, [list(PANEL)])
+        assert (default.turns, _image_bytes(default)) == (explicit.turns, _image_bytes(explicit))
+        assert eval_item(task, 3, index).text == eval_item(task, 3, index, (PANEL,)).text
+        assert training_record(task, 3, index, ((80, 48),)).images[0].size == (80, 48)
+    records = [training_record(task, 3, index, CANVAS_SIZES) for index in range(60)]
+    assert {record.images[0].size for record in records} == set(CANVAS_SIZES)
+    items = eval_items(task, 60, seed=3, canvases=CANVAS_SIZES)
+    assert {(item.width, item.height) for item in items} == set(CANVAS_SIZES)
+    assert all(item.image.size == (item.width, item.height) for item in items)
+
+
+def test_other_canvases_are_refused_where_they_mean_nothing_or_cannot_be_pretokenized(tmp_path):
+    with pytest.raises(DataError, match="draws on its own canvases; other canvases apply to caption"):
+        training_record("text_to_image", 0, 0, CANVAS_SIZES)
+    with pytest.raises(DataError, match="draws on its own canvases"):
+        eval_item("edit_add", 0, 0, ((80, 48),))
+    for bad in ([], [(96, 96)], "64x64", [64, 64], ((64, 64), None)):
+        with pytest.raises(DataError, match=r"accepted a non-empty list of \(width, height\) among"):
+            training_record("caption", 0, 0, bad)
+    with pytest.raises(DataError, match="accepted a non-empty list"):
+        write_task_dataset(tmp_path, {"caption": 1}, seed=0, progress=False, canvases=[(100, 60)])
+
+
 def test_eval_streams_are_disjoint_from_training():
     # An input of two objects or more (the upper panel of a dual-panel record) is never a training input;
     # one object alone has only some thousands of places, sizes and colors, which training covers.
@@ -224,6 +259,16 @@ def test_records_of_different_tasks_are_interleaved_evenly():
     assert len(order) == 14 and Counter(task for task, _ in order) == {"caption": 4, "vqa": 8, "rewrite": 2}
     assert {task for task, _ in order[:5]} == {"caption", "vqa", "rewrite"}
     assert [index for task, index in order if task == "vqa"] == list(range(8))
+
+
+def test_a_written_data_set_shows_reading_pictures_on_every_canvas_asked(tmp_path):
+    records_file = write_task_dataset(tmp_path, {"caption": 6, "verify": 6}, seed=1, progress=False, canvases=CANVAS_SIZES)
+    records = [json.loads(line) for line in records_file.read_text().splitlines()]
+    sizes = {Image.open(tmp_path / record["image"][0]).size for record in records}
+    assert sizes == set(CANVAS_SIZES)
+    for record in records:
+        expected = training_record(record["task"], 1, int(Path(record["image"][0]).stem.split("-")[0]), CANVAS_SIZES)
+        assert [turn["value"] for turn in record["conversations"]] == list(expected.turns)
 
 
 def test_written_task_dataset_is_deterministic_resumable_and_readable(tmp_path):

@@ -126,4 +126,12 @@ def test_tuning_items_come_from_another_seed_than_the_held_out_ones(pipe, monkey
     monkeypatch.setattr(task_eval, "eval_items", lambda *args: asked.append(args) or original(*args))
     evaluate_tasks(pipe, ["vqa"], limit=1)
     evaluate_tasks(pipe, ["vqa"], limit=1, item_seed=2024)
-    assert asked == [("vqa", 1, task_eval.ITEM_SEED), ("vqa", 1, 2024)] and task_eval.ITEM_SEED != 2024
+    assert [args[:3] for args in asked] == [("vqa", 1, task_eval.ITEM_SEED), ("vqa", 1, 2024)]
+    assert task_eval.ITEM_SEED != 2024
+
+
+def test_understanding_items_can_be_read_on_another_canvas_and_other_tasks_refuse_it(pipe):
+    report = evaluate_tasks(pipe, ["caption"], limit=2, canvases=((80, 48),))
+    assert [r.task for r in report.results] == ["caption", "caption"]
+    with pytest.raises(DataError, match="draws on its own canvases"):
+        evaluate_tasks(pipe, ["text_to_image"], limit=1, canvases=((80, 48),))

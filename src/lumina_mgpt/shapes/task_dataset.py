@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from lumina_mgpt.atomic import write_atomically, write_text_atomically
 from lumina_mgpt.errors import DataError
-from lumina_mgpt.shapes.tasks import TASK_NAMES, training_record
+from lumina_mgpt.shapes.tasks import PANEL, TASK_NAMES, check_canvases, training_record
 
 RECORDS_FILE = "records.jsonl"
 
@@ -47,20 +47,26 @@ def interleaved_order(counts: Mapping[str, int]) -> list[tuple[str, int]]:
 
 
 def write_task_dataset(
-    folder: str | os.PathLike, counts: Mapping[str, int], seed: int, progress: bool = True
+    folder: str | os.PathLike,
+    counts: Mapping[str, int],
+    seed: int,
+    progress: bool = True,
+    canvases: tuple[tuple[int, int], ...] = (PANEL,),
 ) -> Path:
-    """Write `counts[task]` training records of each task into folder/images and folder/records.jsonl.
+    """Write `counts[task]` training records of each task into folder/images and folder/records.jsonl;
+    `canvases`: those the pictures of understanding tasks are drawn on (`tasks.training_record`).
 
-    Deterministic for (counts, seed): record i of a task is the same whatever the other counts.
+    Deterministic for (counts, seed, canvases): record i of a task is the same whatever the other counts.
     Resumable: images already on disk are kept, and the records file is written last, atomically,
     so a finished data set is never half written. Returns the records file.
     """
     _check_counts(counts)
+    canvases = check_canvases(canvases)
     folder = Path(folder)
     order = interleaved_order(counts)
     lines = []
     for task, index in tqdm(order, disable=not progress, desc="writing task records", unit="record"):
-        record = training_record(task, seed, index)
+        record = training_record(task, seed, index, canvases)
         names = []
         for number, image in enumerate(record.images):
             name = f"images/{task}/{index:07d}-{number}.png"

@@ -31,7 +31,7 @@ from lumina_mgpt.model_folder import (
 from lumina_mgpt.shapes.captions import noun_phrase
 from lumina_mgpt.shapes.spec import ObjectGroup
 from lumina_mgpt.shapes.task_scoring import score_item
-from lumina_mgpt.shapes.tasks import TASK_NAMES, EvalItem, eval_items
+from lumina_mgpt.shapes.tasks import PANEL, TASK_NAMES, Canvases, EvalItem, eval_items
 
 REWRITE_DRAW = "text_to_image_rewrite"
 EVAL_TASKS: tuple[str, ...] = (TASK_NAMES[0], REWRITE_DRAW, *TASK_NAMES[1:])
@@ -168,10 +168,12 @@ def evaluate_tasks(
     progress: Callable[[str, int], None] | None = None,
     drawing: dict | None = None,
     item_seed: int = ITEM_SEED,
+    canvases: Canvases = (PANEL,),
 ) -> TaskReport:
     """Run and score the first `limit` held-out items of each task (all EVAL_TASKS the model has when
     `tasks` is None; see `choose_tasks`); item k of a task samples with seed + k. `item_seed` picks
-    another set of items (for tuning: never the held-out ITEM_SEED).
+    another set of items (for tuning: never the held-out ITEM_SEED). `canvases` draws the pictures of the
+    understanding tasks (tasks.READING_TASKS, the only ones it accepts) on those canvases instead of 64x64.
 
     `sampling` (cfg, top_k, top_p, temperature, cfg_schedule, sjd_window) applies to image answers; text
     answers are read greedily. `drawing` (best_of, verifier, think: see `Pipeline.generate`) applies to the
@@ -184,7 +186,7 @@ def evaluate_tasks(
     drawing = dict(drawing or {})
     results: list[ItemResult] = []
     for task in chosen:
-        items = eval_items("text_to_image" if task == REWRITE_DRAW else task, limit, item_seed)
+        items = eval_items("text_to_image" if task == REWRITE_DRAW else task, limit, item_seed, canvases)
         seeds = [seed + k for k in range(len(items))]
         outputs, texts = _answer(pipe, task, items, seeds, batch_size, sampling, drawing)
         for item, output, text in zip(items, outputs, texts):

@@ -12,7 +12,9 @@ direction reversed or the other axis, for a drill on what the model reads worst)
 Image-to-image tasks are v2-style dual panels of 64x128 (formats.image_to_image_prompt and
 image_map_pair_prompt with the whole panel's size): the condition in the upper panel, the result in
 the lower one, which the model writes given the upper panel's code rows. Text-to-image uses the
-64x64, 80x48 and 48x80 canvases; understanding tasks show a 64x64 image.
+64x64, 80x48 and 48x80 canvases; understanding tasks (READING_TASKS) show a 64x64 image unless their
+training records are asked for on other canvases (`training_record(canvases=)`): the first three build
+stages taught them on 64x64 only, and the model then misread drawings of 80x48 and 48x80.
 
 Seeds: training record i of a task comes from `np.random.default_rng([seed, TRAIN_STREAM, task_key, i])`,
 evaluation item i from `[seed, EVAL_STREAM, task_key, i]` (task_key: the CRC-32 of the task's name).
@@ -74,6 +76,8 @@ TASK_NAMES: tuple[str, ...] = (
     "relations",
 )
 TRAIN_STREAM, EVAL_STREAM = 0, 1
+# The tasks that read a picture the user gives: their records may show it on any canvas of CANVAS_SIZES.
+READING_TASKS = ("caption", "vqa", "verify", "relations")
 PANEL = (64, 64)  # (width, height) of each half of a dual panel, and of understanding images
 DUAL_PANEL = (PANEL[0], 2 * PANEL[1])
 # The user turn of rewriting; the answer is the request's canonical caption (captions.canonical_caption).
@@ -187,8 +191,10 @@ class Task:
 
     name: str
     dual_panel: bool
-    sample_record: Callable[[np.random.Generator], TrainingRecord]
-    sample_item: Callable[[np.random.Generator, int], EvalItem]  # (rng, position in the eval set)
+    # (rng) -> record; READING_TASKS' samplers also take the canvases their picture may be drawn on
+    sample_record: Callable[..., TrainingRecord]
+    # (rng, position in the eval set) -> item; READING_TASKS' samplers also take the canvases, as above
+    sample_item: Callable[..., EvalItem]
 
 
 def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:
@@ -208,21 +214,55 @@ def task_rng(task: str, seed: int, index: int, stream: int) -> np.random.Generat
     return np.random.default_rng([seed, stream, zlib.crc32(task.encode()), index])
 
 
-def training_record(task: str, seed: int, index: int) -> TrainingRecord:
-    """Training record `index` of `task` for `seed` (deterministic; independent of other records)."""
-    return _check_task(task).sample_record(task_rng(task, seed, index, TRAIN_STREAM))
+Canvases = tuple[tuple[int, int], ...]
 
 
-def eval_item(task: str, seed: int, index: int) -> EvalItem:
-    """Evaluation item `index` of `task` for `seed`, from a stream disjoint from training."""
-    return _check_task(task).sample_item(task_rng(task, seed, index, EVAL_STREAM), index)
+def training_record(task: str, seed: int, index: int, canvases: Canvases = (PANEL,)) -> TrainingRecord:
+    """Training record `index` of `task` for `seed` (deterministic; independent of other records).
+    `canvases`: the (width, height) sizes of CANVAS_SIZES a READING_TASKS picture is drawn on, one drawn
+    per record; with the default, 64x64 only, the records are those the first build stages trained on."""
+    sampler = _check_task(task)
+    rng = task_rng(task, seed, index, TRAIN_STREAM)
+    if tuple(canvases) == (PANEL,):
+        return sampler.sample_record(rng)
+    return sampler.sample_record(rng, _reading_canvases(task, canvases))
 
 
-def eval_items(task: str, count: int, seed: int = 0) -> list[EvalItem]:
+def eval_item(task: str, seed: int, index: int, canvases: Canvases = (PANEL,)) -> EvalItem:
+    """Evaluation item `index` of `task` for `seed`, from a stream disjoint from training; `canvases` as in
+    `training_record` (the held-out items of `lumina eval tasks` are the default's)."""
+    sampler = _check_task(task)
+    rng = task_rng(task, seed, index, EVAL_STREAM)
+    if tuple(canvases) == (PANEL,):
+        return sampler.sample_item(rng, index)
+    return sampler.sample_item(rng, index, _reading_canvases(task, canvases))
+
+
+def eval_items(task: str, count: int, seed: int = 0, canvases: Canvases = (PANEL,)) -> list[EvalItem]:
     """The first `count` evaluation items of `task` for `seed`."""
     if count < 0:
         raise DataError(f"item count must be non-negative, got {count}")
-    return [eval_item(task, seed, index) for index in range(count)]
+    return [eval_item(task, seed, index, canvases) for index in range(count)]
+
+
+def check_canvases(canvases: object) -> Canvases:
+    """`canvases` as a tuple of (width, height), each one of CANVAS_SIZES; DataError otherwise."""
+    sizes = list(canvases) if isinstance(canvases, (tuple, list)) else []
+    checked = tuple(tuple(size) for size in sizes if isinstance(size, (tuple, list)))
+    if not checked or len(checked) != len(sizes) or any(size not in CANVAS_SIZES for size in checked):
+        raise DataError(f"canvases {canvases!r}: accepted a non-empty list of (width, height) among {CANVAS_SIZES}")
+    return checked
+
+
+def _reading_canvases(task: str, canvases: object) -> Canvases:
+    if task not in READING_TASKS:
+        raise DataError(f"{task} draws on its own canvases; other canvases apply to {', '.join(READING_TASKS)}")
+    return check_canvases(canvases)
+
+
+def _canvas(rng: np.random.Generator, canvases: Canvases) -> tuple[int, int]:
+    """One of `canvases`; a single canvas draws nothing from `rng`, so 64x64 records stay as they were."""
+    return canvases[0] if len(canvases) == 1 else canvases[int(rng.integers(len(canvases)))]
 
 
 def _understanding_turns(question: str, answer: str) -> tuple[str, str]:
@@ -414,19 +454,20 @@ def _in_reading_order(relation: Relation) -> Relation:
     return relation
 
 
-def _caption_record(rng: np.random.Generator) -> TrainingRecord:
+def _caption_record(rng: np.random.Generator, canvases: Canvases = (PANEL,)) -> TrainingRecord:
     spec = caption_spec(rng)
-    image = render(scene_from_spec(rng, spec, *PANEL))
+    image = render(scene_from_spec(rng, spec, *_canvas(rng, canvases)))
     question = apply_case(rng, _pick(rng, CAPTION_QUESTIONS))
     return TrainingRecord("caption", _understanding_turns(question, canonical_caption(spec)), (image,))
 
 
-def _caption_item(rng: np.random.Generator, position: int) -> EvalItem:
+def _caption_item(rng: np.random.Generator, position: int, canvases: Canvases = (PANEL,)) -> EvalItem:
     spec = caption_spec(rng)
-    scene = scene_from_spec(rng, spec, *PANEL)
+    canvas = _canvas(rng, canvases)
+    scene = scene_from_spec(rng, spec, *canvas)
     question = CAPTION_QUESTIONS[position % len(CAPTION_QUESTIONS)]
     return EvalItem(
-        "caption", position, question, *PANEL, image=render(scene), variant=spec.category, scene=scene, spec=spec,
+        "caption", position, question, *canvas, image=render(scene), variant=spec.category, scene=scene, spec=spec,
         answer=canonical_caption(spec),
     )  # fmt: skip
 
@@ -435,7 +476,9 @@ def _plural(shape: str, color: str | None = None) -> str:
     return noun_phrase(ObjectGroup(shape, color, 2, exact=True), with_count=False)
 
 
-def _count_question(rng: np.random.Generator, colored: bool) -> tuple[Scene, dict[str, str], str]:
+def _count_question(
+    rng: np.random.Generator, colored: bool, canvas: tuple[int, int] = PANEL
+) -> tuple[Scene, dict[str, str], str]:
     """A scene of one to four objects, mostly of one shape, and how many of a shape (and color) it holds."""
     shape = _pick(rng, SHAPES)
     palette = [str(c) for c in rng.choice(list(COLORS), size=2, replace=False)]
@@ -446,25 +489,27 @@ def _count_question(rng: np.random.Generator, colored: bool) -> tuple[Scene, dic
     color = _pick(rng, palette) if colored else None
     if colored and rng.random() < 0.15:  # a color not in the picture: the answer is 0
         color = _pick(rng, [c for c in COLORS if c not in palette])
-    scene = place_objects(rng, items, *PANEL)
+    scene = place_objects(rng, items, *canvas)
     answer = sum(1 for o in scene.objects if o.shape == shape and (color is None or o.color == color))
     return scene, {"plural": _plural(shape, color)}, str(answer)
 
 
-def _color_question(rng: np.random.Generator) -> tuple[Scene, dict[str, str], str]:
+def _color_question(rng: np.random.Generator, canvas: tuple[int, int] = PANEL) -> tuple[Scene, dict[str, str], str]:
     count = int(rng.integers(1, len(SHAPES) + 1))
     shapes = [str(s) for s in rng.choice(SHAPES, size=count, replace=False)]
-    scene = place_objects(rng, [(s, _pick(rng, list(COLORS))) for s in shapes], *PANEL)
+    scene = place_objects(rng, [(s, _pick(rng, list(COLORS))) for s in shapes], *canvas)
     asked = scene.objects[int(rng.integers(count))]
     return scene, {"name": asked.shape}, asked.color
 
 
-def _where_question(rng: np.random.Generator) -> tuple[Scene, dict[str, str], str, str]:
+def _where_question(
+    rng: np.random.Generator, canvas: tuple[int, int] = PANEL
+) -> tuple[Scene, dict[str, str], str, str]:
     """(scene, the question's words, answer, the answer as training writes it: after what is seen)."""
     pairs = [(shape, color) for shape in SHAPES for color in COLORS]
     first, second = (pairs[int(i)] for i in rng.choice(len(pairs), size=2, replace=False))
     name = _pick(rng, list(INVERSE_RELATIONS))
-    scene = place_objects(rng, [first, second], *PANEL, relation=(0, name, 1))
+    scene = place_objects(rng, [first, second], *canvas, relation=(0, name, 1))
     words = {"subject": f"{first[1]} {first[0]}", "reference": f"{second[1]} {second[0]}"}
     spec = Spec("position", (ObjectGroup(*first), ObjectGroup(*second)), _in_reading_order(Relation(0, name, 1)))
     seen = canonical_caption(spec)
@@ -524,11 +569,13 @@ def _changed_relation(rng: np.random.Generator, relation: Relation, kind: str) -
     return replace(relation, name=_pick(rng, axis))
 
 
-def _yes_no_question(rng: np.random.Generator, drawing_mistakes: bool = False) -> tuple[Scene, Spec, str, str]:
+def _yes_no_question(
+    rng: np.random.Generator, drawing_mistakes: bool = False, canvas: tuple[int, int] = PANEL
+) -> tuple[Scene, Spec, str, str]:
     """(scene, the spec asked about, answer, variant): "yes" and "no" equally often; a "no" is a near
     miss. With `drawing_mistakes`, the categories a drawing most often gets wrong come up twice as often."""
     spec = sample_spec(rng, _pick(rng, VERIFY_CATEGORIES if drawing_mistakes else CATEGORIES))
-    scene = scene_from_spec(rng, spec, *PANEL)
+    scene = scene_from_spec(rng, spec, *canvas)
     if rng.random() < 0.5:
         return scene, spec, "yes", "yes"
     for _ in range(SAMPLE_ATTEMPTS):
@@ -539,37 +586,43 @@ def _yes_no_question(rng: np.random.Generator, drawing_mistakes: bool = False) -
     raise DataError(f"no near-miss caption found for {spec}")
 
 
-def _vqa_question(rng: np.random.Generator, templates: Callable[[str], str]) -> tuple[Scene, str, str, str, str]:
+def _vqa_question(
+    rng: np.random.Generator, templates: Callable[[str], str], canvases: Canvases = (PANEL,)
+) -> tuple[Scene, str, str, str, str]:
     """(scene, question, answer, kind, the answer as training writes it); `templates(kind)` picks the
     question's wording."""
     kind = _pick(rng, VQA_KINDS)
+    canvas = _canvas(rng, canvases)
     variant = kind
     response = None
     if kind in ("how_many", "how_many_colored"):
-        scene, words, answer = _count_question(rng, colored=kind == "how_many_colored")
+        scene, words, answer = _count_question(rng, colored=kind == "how_many_colored", canvas=canvas)
         template = templates("how_many")
     elif kind == "what_color":
-        scene, words, answer = _color_question(rng)
+        scene, words, answer = _color_question(rng, canvas)
         template = templates(kind)
     elif kind == "where":
-        scene, words, answer, response = _where_question(rng)
+        scene, words, answer, response = _where_question(rng, canvas)
         template = templates(kind)
     else:
-        scene, asked, answer, miss = _yes_no_question(rng)
+        scene, asked, answer, miss = _yes_no_question(rng, canvas=canvas)
         words = {"caption": canonical_caption(asked)}
         variant = f"yes_no:{miss}"
         template = templates(kind)
     return scene, template.format(**words), answer, variant, response or answer
 
 
-def _vqa_record(rng: np.random.Generator) -> TrainingRecord:
-    scene, question, _, _, response = _vqa_question(rng, lambda kind: _pick(rng, VQA_TEMPLATES[kind]))
+def _vqa_record(rng: np.random.Generator, canvases: Canvases = (PANEL,)) -> TrainingRecord:
+    scene, question, _, _, response = _vqa_question(rng, lambda kind: _pick(rng, VQA_TEMPLATES[kind]), canvases)
     return TrainingRecord("vqa", _understanding_turns(apply_case(rng, question), response), (render(scene),))
 
 
-def _vqa_item(rng: np.random.Generator, position: int) -> EvalItem:
-    scene, question, answer, variant, _ = _vqa_question(rng, lambda kind: VQA_TEMPLATES[kind][0])
-    return EvalItem("vqa", position, question, *PANEL, image=render(scene), variant=variant, scene=scene, answer=answer)
+def _vqa_item(rng: np.random.Generator, position: int, canvases: Canvases = (PANEL,)) -> EvalItem:
+    scene, question, answer, variant, _ = _vqa_question(rng, lambda kind: VQA_TEMPLATES[kind][0], canvases)
+    return EvalItem(
+        "vqa", position, question, scene.width, scene.height, image=render(scene), variant=variant, scene=scene,
+        answer=answer,
+    )  # fmt: skip
 
 
 def quoted_prompt(prompt: str) -> str:
@@ -587,30 +640,33 @@ def _prompt_as_quoted(rng: np.random.Generator, spec: Spec) -> str:
     raise DataError(f"no training phrasing of {spec} found outside the ShapesEval prompts")
 
 
-def _verify_record(rng: np.random.Generator) -> TrainingRecord:
+def _verify_record(rng: np.random.Generator, canvases: Canvases = (PANEL,)) -> TrainingRecord:
     # Users' prompts, not captions, are what the verifier asks about: the caption is phrased like one.
-    scene, asked, answer, _ = _yes_no_question(rng, drawing_mistakes=True)
+    scene, asked, answer, _ = _yes_no_question(rng, drawing_mistakes=True, canvas=_canvas(rng, canvases))
     question = _pick(rng, VQA_TEMPLATES["yes_no"]).format(caption=_prompt_as_quoted(rng, asked))
     return TrainingRecord("verify", _understanding_turns(question, answer), (render(scene),))
 
 
-def _verify_item(rng: np.random.Generator, position: int) -> EvalItem:
-    scene, asked, answer, variant = _yes_no_question(rng, drawing_mistakes=True)
+def _verify_item(rng: np.random.Generator, position: int, canvases: Canvases = (PANEL,)) -> EvalItem:
+    scene, asked, answer, variant = _yes_no_question(rng, drawing_mistakes=True, canvas=_canvas(rng, canvases))
     question = VQA_TEMPLATES["yes_no"][0].format(caption=canonical_caption(asked))
     return EvalItem(
-        "verify", position, question, *PANEL, image=render(scene), variant=variant, scene=scene, answer=answer
+        "verify", position, question, scene.width, scene.height, image=render(scene), variant=variant, scene=scene, answer=answer
     )
 
 
-def _relation_question(rng: np.random.Generator, template: Callable[[str], str]) -> tuple[Scene, str, str, str, str]:
+def _relation_question(
+    rng: np.random.Generator, template: Callable[[str], str], canvases: Canvases = (PANEL,)
+) -> tuple[Scene, str, str, str, str]:
     """(scene, question, answer, variant, the answer as training writes it): "where is X relative to Y?"
     (60%) or a yes/no question about two objects in a relation, "yes" and "no" equally often, a "no" with
     the direction reversed or on the other axis. `template(kind)` picks the question's wording."""
+    canvas = _canvas(rng, canvases)
     if rng.random() < 0.6:
-        scene, words, answer, response = _where_question(rng)
+        scene, words, answer, response = _where_question(rng, canvas)
         return scene, template("where").format(**words), answer, "where", response
     spec = sample_spec(rng, "position")
-    scene = scene_from_spec(rng, spec, *PANEL)
+    scene = scene_from_spec(rng, spec, *canvas)
     asked, answer, variant = spec, "yes", "yes_no:yes"
     if rng.random() < 0.5:
         for _ in range(SAMPLE_ATTEMPTS):
@@ -624,15 +680,17 @@ def _relation_question(rng: np.random.Generator, template: Callable[[str], str])
     return scene, template("yes_no").format(caption=canonical_caption(asked)), answer, variant, answer
 
 
-def _relations_record(rng: np.random.Generator) -> TrainingRecord:
-    scene, question, _, _, response = _relation_question(rng, lambda kind: _pick(rng, VQA_TEMPLATES[kind]))
+def _relations_record(rng: np.random.Generator, canvases: Canvases = (PANEL,)) -> TrainingRecord:
+    scene, question, _, _, response = _relation_question(
+        rng, lambda kind: _pick(rng, VQA_TEMPLATES[kind]), canvases
+    )
     return TrainingRecord("relations", _understanding_turns(apply_case(rng, question), response), (render(scene),))
 
 
-def _relations_item(rng: np.random.Generator, position: int) -> EvalItem:
-    scene, question, answer, variant, _ = _relation_question(rng, lambda kind: VQA_TEMPLATES[kind][0])
+def _relations_item(rng: np.random.Generator, position: int, canvases: Canvases = (PANEL,)) -> EvalItem:
+    scene, question, answer, variant, _ = _relation_question(rng, lambda kind: VQA_TEMPLATES[kind][0], canvases)
     return EvalItem(
-        "relations", position, question, *PANEL, image=render(scene), variant=variant, scene=scene, answer=answer
+        "relations", position, question, scene.width, scene.height, image=render(scene), variant=variant, scene=scene, answer=answer
     )
 
 
