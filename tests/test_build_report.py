@@ -135,3 +135,13 @@ def test_the_build_recipes_chain_and_read_only_the_groups_the_build_makes():
             assert {source.manifest.resolve() for source in stage.data} <= made
     read = {source.manifest.resolve() for recipe in recipes for stage in recipe.stages for source in stage.data}
     assert read == made  # and every group rendered is trained on
+
+
+def test_groups_drawn_on_every_canvas_hold_only_tasks_that_read_pictures():
+    from lumina_mgpt.shapes.build import EVERY_CANVAS_GROUPS
+    from lumina_mgpt.shapes.tasks import READING_TASKS
+
+    assert EVERY_CANVAS_GROUPS and set(EVERY_CANVAS_GROUPS) <= set(BUILD_GROUPS)
+    for group in EVERY_CANVAS_GROUPS:
+        counts, target_size = BUILD_GROUPS[group]
+        assert set(counts) <= set(READING_TASKS) and target_size == 64  # 80x48 and 48x80 are buckets of 64
