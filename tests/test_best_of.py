@@ -24,6 +24,7 @@ from lumina_mgpt.generation.best_of import candidate_seeds, choose
 from lumina_mgpt.generation.pipeline import Pipeline
 from lumina_mgpt.generation.verifiers import (
     HttpVerifier,
+    SelfCaptionVerifier,
     SelfVerifier,
     check_verifier_spec,
     combine_ranks,
@@ -140,7 +141,7 @@ def test_mean_rank_combines_verifiers_on_hand_made_scores():
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ("clip", "unknown verifier 'clip'; accepted: 'self', 'python:module:function' or 'http:URL'"),
+    ("clip", "unknown verifier 'clip'; accepted: 'self', 'self-caption', 'python:module:function' or 'http:URL'"),
     ("python:nofunction", "must name a callable as python:module:function"),
     ("http:ftp://host/score", "must be http: followed by an http:// or https:// URL"),
     ("python:no_such_module_xyz:score", "cannot import module 'no_such_module_xyz'"),
@@ -251,6 +252,53 @@ def test_self_verifier_asks_the_verify_tasks_training_question(pipe):
     assert list(ours) == trained[: len(ours)].tolist() and trained[len(ours)] in (verifier.yes_id, verifier.no_id)
 
 
+def scripted_text_answers(pipe, monkeypatch, rewrite: str, captions: list[str]) -> list[list[str]]:
+    """Make the pipe's text tasks answer `rewrite` to rewriting and `captions` in turn to captioning; returns
+    the tasks of every run_text_tasks call."""
+    calls = []
+
+    def answer(requests, **_options):
+        calls.append([request.task for request in requests])
+        pending = iter(captions)
+        return [rewrite if request.task == "rewrite" else next(pending) for request in requests]
+
+    monkeypatch.setattr(pipe, "run_text_tasks", answer)
+    return calls
+
+
+def test_self_caption_verifier_checks_each_caption_against_the_rewritten_prompt_then_adds_vqascore(pipe, monkeypatch):
+    images = [training_record("vqa", 3, i).images[0] for i in range(4)]
+    prompt = "please draw a square together with a purple circle"  # not a canonical caption: it is rewritten
+    vqa_scores = SelfVerifier(pipe)(images, prompt)
+    captions = [
+        "a green square to the left of a purple circle",  # shows it
+        "a purple square to the left of a green circle",  # the color on the wrong object
+        "three purple circles",  # no square
+        "a yellow square above a purple circle",  # shows it
+    ]
+    calls = scripted_text_answers(pipe, monkeypatch, "a square and a purple circle", captions)
+    scores = SelfCaptionVerifier(pipe)(images, prompt)
+    np.testing.assert_allclose(scores, np.add([1, 0, 0, 1], vqa_scores), rtol=1e-5)
+    assert calls == [["rewrite"], ["caption"] * 4]  # one rewrite, every caption in one call
+    # A canonical prompt is read as it is; a rewrite that is no caption leaves VQAScore alone.
+    calls.clear()
+    SelfCaptionVerifier(pipe)(images, "a square and a purple circle")
+    assert calls == [["caption"] * 4]
+    unreadable = scripted_text_answers(pipe, monkeypatch, "something else entirely", captions)
+    np.testing.assert_allclose(SelfCaptionVerifier(pipe)(images, prompt), vqa_scores, rtol=1e-5)
+    assert unreadable == [["rewrite"]]
+
+
+def test_self_caption_verifier_needs_a_shapes_world_model_that_captions_and_rewrites(pipe, monkeypatch):
+    for tasks, missing in [(("text-to-image", "vqa", "rewrite"), "caption"), (("text-to-image", "vqa", "caption"), "rewrite")]:
+        declared = Pipeline(pipe.model, pipe.text_tokenizer, pipe.image_tokenizer, pipe.layout, pipe.defaults, tasks)
+        with pytest.raises(GenerationError, match=f"not trained for '{missing}'"):
+            declared.generate("a", best_of=2, verifier="self-caption", progress=False)
+    monkeypatch.setattr("lumina_mgpt.generation.tasks.prompt_family", lambda layout: "lumina-mgpt")
+    with pytest.raises(GenerationError, match="reads captions of the shapes task world; this lumina-mgpt model"):
+        SelfCaptionVerifier(pipe)
+
+
 def test_self_verifier_needs_a_model_that_answers_questions(pipe):
     drawing_only = Pipeline(
         pipe.model, pipe.text_tokenizer, pipe.image_tokenizer, pipe.layout, pipe.defaults, tasks=("text-to-image",)
@@ -314,7 +362,7 @@ def test_the_server_answers_best_of_with_the_pipelines_choice_and_its_record(pip
         assert [item["seed"] for item in data] == [7, 8]
         assert [row["seed"] for row in data[1]["best_of"]["candidates"]] == [24, 25, 26]
         for extra, message in [
-            ({"verifier": REDDEST}, f"verifier {REDDEST!r} is not served; accepted: 'self'"),
+            ({"verifier": REDDEST}, f"verifier {REDDEST!r} is not served; accepted: 'self' or 'self-caption'"),
             ({"best_of": 5}, "best_of must be an integer from 1 to 4"),
             ({"stream": True}, "best_of chooses among finished images: it cannot stream"),
         ]:

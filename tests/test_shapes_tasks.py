@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -14,9 +16,10 @@ from lumina_mgpt.data import RecordIndex
 from lumina_mgpt.errors import DataError
 from lumina_mgpt.formats import IMAGE_PLACEHOLDER, bucket_sizes, closest_bucket
 from lumina_mgpt.shapes.analyze import detect, relations_between, score
-from lumina_mgpt.shapes.captions import parse_caption
+from lumina_mgpt.shapes.captions import canonical_caption, caption_shows, parse_caption, sample_spec
 from lumina_mgpt.shapes.heldout_phrasing import HELDOUT_STYLES
 from lumina_mgpt.shapes.prompts import is_held_out
+from lumina_mgpt.shapes.spec import CATEGORIES
 from lumina_mgpt.shapes.task_dataset import RECORDS_FILE, interleaved_order, write_task_dataset
 from lumina_mgpt.shapes.task_eval import TEXT_OUTPUT_TASKS
 from lumina_mgpt.shapes.tasks import (
@@ -27,11 +30,13 @@ from lumina_mgpt.shapes.tasks import (
     TASK_NAMES,
     TASKS,
     VQA_TEMPLATES,
+    caption_spec,
     eval_item,
     eval_items,
+    shows,
     training_record,
 )
-from lumina_mgpt.shapes.world import CANVAS_SIZES, render
+from lumina_mgpt.shapes.world import CANVAS_SIZES, render, scene_from_spec
 
 # 64x64 pictures (the held-out items, the first stages' records), or pictures of every canvas
 CANVAS_CHOICES = pytest.mark.parametrize("canvases", [(PANEL,), CANVAS_SIZES], ids=["64x64", "every-canvas"])
@@ -289,3 +294,37 @@ def test_written_task_dataset_is_deterministic_resumable_and_readable(tmp_path):
     assert index.total == 9 and all(type(r).__name__ == "Record" for r in parsed)
     assert [len(r.images) for r in parsed] == [len(record.get("image", [])) for record in records]
     assert all(Path(path).is_file() for r in parsed for path in r.images)
+
+
+def test_a_complete_caption_shows_what_the_analyzer_sees_in_its_exact_scene():
+    """caption_shows reasons on texts only (the self-caption verifier's check); on scenes a caption describes
+    completely it agrees with the analyzer's verdict on their exact renders, for every kind of request."""
+    rng = np.random.default_rng(11)
+    agreed = Counter()
+    for _ in range(300):
+        described = caption_spec(rng)
+        scene = scene_from_spec(rng, described, *CANVAS_SIZES[int(rng.integers(3))])
+        asked = [sample_spec(rng, category) for category in CATEGORIES] + [described]
+        asked.append(replace(described, groups=tuple(replace(g, color=None) for g in described.groups)))
+        for spec in asked:
+            if spec.relation is not None and described.relation is not None:
+                # the analyzer may find a diagonal pair on both axes; a caption states one relation
+                on_axis = {"left of", "right of"} if described.relation.name == "left of" else {"above", "below"}
+                if spec.relation.name not in on_axis:
+                    continue
+            verdict = shows(scene, spec)
+            assert caption_shows(described, spec) == verdict, (canonical_caption(described), spec)
+            agreed[verdict] += 1
+    assert agreed[True] > 300 and agreed[False] > 1000
+
+
+def test_caption_shows_reads_counts_colors_and_relations_as_asked():
+    def check(caption, request):
+        return caption_shows(parse_caption(caption), parse_caption(request))
+
+    assert check("a red circle to the left of a blue square", "a blue square to the right of a circle")
+    assert not check("a red circle to the left of a blue square", "a blue square to the left of a circle")
+    assert check("three red circles", "three circles") and not check("four red circles", "three circles")
+    assert check("a green square above a purple circle", "a square and a purple circle")
+    assert not check("a purple square above a green circle", "a square and a purple circle")
+    assert not check("a red circle and a red square", "a red circle to the left of a red square")

@@ -89,7 +89,9 @@ def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
                              "first; candidate j of the image of seed s uses seed s*N+j (default: 1)")
     parser.add_argument("--verifier", action="append", metavar="V",
                         help="repeatable; how candidates are scored: self (the model's own yes/no judgement, needs "
-                             "a model trained for vqa or chat), python:module:function ((images, prompt) -> scores) "
+                             "a model trained for vqa or chat), self-caption (shapes-world models: the model's caption "
+                             "of each image checked against its rewrite of the prompt, then self), "
+                             "python:module:function ((images, prompt) -> scores) "
                              "or http:URL (POST JSON); several are combined by mean rank; with --best-of 1 every "
                              "image is just scored (default: none; --best-of above 1 needs one)")
     parser.add_argument("--think", metavar="T",
@@ -114,18 +116,21 @@ def quality_options(args: argparse.Namespace, tasks) -> dict:
     from lumina_mgpt.errors import GenerationError
     from lumina_mgpt.generation.best_of import check_best_of
     from lumina_mgpt.generation.thinking import SELF, ChatThinker, check_think_spec
-    from lumina_mgpt.generation.verifiers import PYTHON_PREFIX, check_verifier_spec, load_python_verifier
+    from lumina_mgpt.generation.verifiers import PYTHON_PREFIX, SELF_CAPTION, check_verifier_spec, load_python_verifier
     from lumina_mgpt.generation.verifiers import SELF as SELF_VERIFIER
-    from lumina_mgpt.model_folder import CHAT, REWRITE, VQA, require_task
+    from lumina_mgpt.model_folder import CAPTION, CHAT, REWRITE, VQA, require_task
 
     best_of = check_best_of(args.best_of)
     verifiers = [check_verifier_spec(spec) for spec in args.verifier or ()]
     if best_of > 1 and not verifiers:
-        raise GenerationError(f"--best-of {best_of} needs a --verifier to choose with: self, python:module:function "
-                              f"or http:URL")
+        raise GenerationError(f"--best-of {best_of} needs a --verifier to choose with: self, self-caption, "
+                              f"python:module:function or http:URL")
     for spec in verifiers:
         if spec == SELF_VERIFIER:
             require_task(tasks, VQA, CHAT)
+        elif spec == SELF_CAPTION:
+            for task in (CAPTION, REWRITE, VQA):
+                require_task(tasks, task)
         elif spec.startswith(PYTHON_PREFIX):
             load_python_verifier(spec)
     think = None if args.think is None else check_think_spec(args.think)

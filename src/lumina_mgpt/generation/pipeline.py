@@ -474,7 +474,7 @@ class Pipeline:
         """Best-of-N over a plan: for each of its images, `best_of` candidates decoded in ONE engine call
         (with the plan's settings, SJD included), scored by `verifier` and ranked (see generation/best_of.py
         for the candidate seeds and the metadata; verifiers.py for the verifiers). `verifier`: a spec ("self",
-        "python:module:function", "http:URL"), a callable (images, prompt) -> scores, or a list of them,
+        "self-caption", "python:module:function", "http:URL"), a callable (images, prompt) -> scores, or a list of them,
         combined by mean rank. Each engine call decodes the candidates of max(1, batch_size // best_of)
         images. The verifiers judge the prompt drawn (the refined one after thinking). Yields one BestOf per
         image of the plan, in order; checks everything before the first engine call."""

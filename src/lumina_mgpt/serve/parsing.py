@@ -30,7 +30,7 @@ from lumina_mgpt.generation.checks import (
 )
 from lumina_mgpt.generation.pipeline import make_settings
 from lumina_mgpt.generation.speculative import DEFAULT_WINDOW
-from lumina_mgpt.model_folder import CHAT, VQA, require_task
+from lumina_mgpt.generation.verifiers import SELF, SELF_CAPTION, load_verifiers
 from lumina_mgpt.serve.scheduler import ImageRequest
 
 MAX_PROMPT_CHARACTERS = 4000  # OpenAI's own limit for image prompts
@@ -215,23 +215,24 @@ def image_request(body: Mapping[str, Any], pipe, max_n: int) -> ImageRequest:
 def best_of_choice(body: Mapping[str, Any], pipe, max_batch: int) -> tuple[int, str] | None:
     """(best_of, verifier) of a generations body that asks for a choice among candidates, else None. The
     candidates of an image decode in one engine call, so best_of is at most the server's batch size. Only the
-    model's own verifier is served: python: and http: verifiers would let a request import code or make the
-    server call other hosts; they run in-process (`lumina generate --verifier`, `Pipeline.generate`)."""
+    model's own verifiers are served ("self", "self-caption"): python: and http: verifiers would let a request
+    import code or make the server call other hosts; they run in-process (`lumina generate --verifier`,
+    `Pipeline.generate`)."""
     if "best_of" not in body and "verifier" not in body:
         return None
     with field("best_of"):
         best_of = check_integer("best_of", body.get("best_of", 1), 1, "candidates per image, one kept", max_batch)
-    verifier = body.get("verifier", "self")
-    if verifier != "self":
+    verifier = body.get("verifier", SELF)
+    if verifier not in (SELF, SELF_CAPTION):
         raise ApiError(
             400,
-            f"verifier {verifier!r} is not served; accepted: 'self' (the model's own judgement). python: and http: "
-            f"verifiers run in-process only (lumina generate --verifier)",
+            f"verifier {verifier!r} is not served; accepted: 'self' or 'self-caption' (the model's own judgement). "
+            f"python: and http: verifiers run in-process only (lumina generate --verifier)",
             param="verifier",
             code="invalid_value",
         )
     with field("verifier"):
-        require_task(pipe.tasks, VQA, CHAT)
+        load_verifiers(verifier, pipe)  # the model's tasks and family allow it
     if body.get("stream", False):
         raise ApiError(
             400, "best_of chooses among finished images: it cannot stream; give stream false", param="stream",

@@ -265,3 +265,34 @@ def spec_meaning(spec: Spec) -> tuple:
             subject, name, reference = reference, INVERSE_RELATIONS[name], subject
         relation = (keys[subject], name, keys[reference])
     return tuple(sorted(keys)), relation
+
+
+def caption_shows(described: Spec, asked: Spec) -> bool:
+    """Whether a scene that a complete caption describes (`described`: every object in it named with its
+    color, as the caption task answers) shows what `asked` asks: each asked group's objects there (by shape,
+    and by color where one is asked; a counted group exactly, with no other object of its shape), and the
+    asked relation stated by the caption between them. Reasoning on two texts, no picture: the
+    self-caption verifier's check (generation.verifiers.SelfCaptionVerifier)."""
+    objects = [(group.shape, group.color) for group in described.groups for _ in range(group.count)]
+    chosen = []
+    for group in asked.groups:
+        found = [i for i, (shape, color) in enumerate(objects) if shape == group.shape and group.color in (None, color)]
+        same_shape = sum(1 for shape, _ in objects if shape == group.shape)
+        if len(found) < group.count or (group.exact and (len(found), same_shape) != (group.count, group.count)):
+            return False
+        chosen.append(found[: group.count])
+    if asked.relation is None:
+        return True
+    if described.relation is None or len(objects) != len(described.groups):  # a relation holds between single objects
+        return False
+    said = described.relation
+    stated = {
+        (said.subject, said.name, said.reference),
+        (said.reference, INVERSE_RELATIONS[said.name], said.subject),
+    }
+    relation = asked.relation
+    return all(
+        (subject, relation.name, reference) in stated
+        for subject in chosen[relation.subject]
+        for reference in chosen[relation.reference]
+    )
