@@ -49,3 +49,18 @@ bench() {  # bench REPORT ARGS...: one bench_best_of.py run unless its report ex
 bench "$OUT/roc-auc.txt" --verifier self --roc-auc 8 --prompts 96
 bench "$OUT/best-of-cost.txt" --verifier self
 cat "$OUT/roc-auc.txt" "$OUT/best-of-cost.txt"
+
+# The same choices with the self-caption verifier (shapes-world models: each candidate's caption checked
+# against the model's rewrite of the prompt, VQAScore breaking ties).
+for seed in 0 1000; do
+    run "$OUT/shapes-best8-caption-$seed.json" shapes --seed "$seed" --best-of 8 --verifier self-caption
+    run "$OUT/styles-think-best8-caption-$seed.json" tasks --task text_to_image --seed "$seed" --think self \
+        --best-of 8 --verifier self-caption
+done
+"$PYTHON" benchmarks/task_table.py --verifier self-caption \
+    --shapes-best-of "$OUT"/shapes-best8-caption-0.json "$OUT"/shapes-best8-caption-1000.json \
+    --styles-think-best-of "$OUT"/styles-think-best8-caption-0.json "$OUT"/styles-think-best8-caption-1000.json \
+    | tee "$OUT/table-issue18-self-caption.md"
+bench "$OUT/roc-auc-self-caption.txt" --verifier self-caption --roc-auc 8 --prompts 96
+bench "$OUT/best-of-cost-self-caption.txt" --verifier self-caption
+cat "$OUT/roc-auc-self-caption.txt" "$OUT/best-of-cost-self-caption.txt"

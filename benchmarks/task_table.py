@@ -5,8 +5,9 @@ mean over the given reports (one per seed), each seed's value, the bar and wheth
     lumina eval tasks --seed 0 --out t0.json;  lumina eval tasks --seed 1000 --out t1.json
     python benchmarks/task_table.py --shapes s0.json s1.json --tasks t0.json t1.json
 
-    # issue 18: --best-of 8 --verifier self on ShapesEval; --think self --best-of 8 on the phrasing styles
-    python benchmarks/task_table.py --shapes-best-of b0.json b1.json --styles-think-best-of h0.json h1.json
+    # issue 18: --best-of 8 --verifier V on ShapesEval; --think self --best-of 8 on the phrasing styles
+    python benchmarks/task_table.py --shapes-best-of b0.json b1.json --styles-think-best-of h0.json h1.json \
+        --verifier self
 """
 
 from __future__ import annotations
@@ -65,10 +66,11 @@ def table_rows(args: argparse.Namespace) -> list[str]:
             rows.append(row("editing, the four kinds", means, EDIT_BAR))
     if args.shapes_best_of:
         values = [r["overall"] for r in read(args.shapes_best_of)]
-        rows.append(row("ShapesEval, --best-of 8 --verifier self", values, SHAPES_BEST_OF_BAR))
+        rows.append(row(f"ShapesEval, --best-of 8 --verifier {args.verifier}", values, SHAPES_BEST_OF_BAR))
     if args.styles_think_best_of:
         values = [r["tasks"]["text_to_image"]["score"] for r in read(args.styles_think_best_of)]
-        rows.append(row("phrasing styles, --think self --best-of 8", values, STYLES_THINK_BEST_OF_BAR))
+        label = f"phrasing styles, --think self --best-of 8 --verifier {args.verifier}"
+        rows.append(row(label, values, STYLES_THINK_BEST_OF_BAR))
     return rows
 
 
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument(
         "--styles-think-best-of", nargs="+", type=Path, help="eval tasks --task text_to_image reports with think"
     )
+    parser.add_argument("--verifier", default="self", help="the verifier the best-of reports chose with (default: self)")
     args = parser.parse_args()
     rows = table_rows(args)
     if not rows:
