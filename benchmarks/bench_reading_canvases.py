@@ -1,7 +1,7 @@
 """How well models read pictures of each canvas: the understanding tasks (caption, visual questions, the
 self-verifier's yes/no question, relations) on the held-out items of `lumina eval tasks`, their pictures
-drawn at 64x64 (the held-out items themselves), 80x48 and 48x80 (the same items' scenes placed on the other
-canvases). ShapesEval draws two thirds of its prompts on 80x48 or 48x80, and the self-verifier reads those
+drawn at 64x64 (the held-out items themselves), 80x48 and 48x80 (items of the same seeds drawn on the other
+canvas: placing objects draws differently on each, so the scenes and questions differ). ShapesEval draws two thirds of its prompts on 80x48 or 48x80, and the self-verifier reads those
 drawings.
 
     python benchmarks/bench_reading_canvases.py --model runs/multitask/run-polish/final --model embedded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -216,7 +217,6 @@ def test_reading_tasks_show_their_pictures_on_the_canvases_asked_and_64x64_recor
         default = training_record(task, 3, index)
         explicit = training_record(task, 3, index, [list(PANEL)])
         assert (default.turns, _image_bytes(default)) == (explicit.turns, _image_bytes(explicit))
-        assert eval_item(task, 3, index).text == eval_item(task, 3, index, (PANEL,)).text
         assert training_record(task, 3, index, ((80, 48),)).images[0].size == (80, 48)
     records = [training_record(task, 3, index, CANVAS_SIZES) for index in range(60)]
     assert {record.images[0].size for record in records} == set(CANVAS_SIZES)
@@ -225,16 +225,34 @@ def test_reading_tasks_show_their_pictures_on_the_canvases_asked_and_64x64_recor
     assert all(item.image.size == (item.width, item.height) for item in items)
 
 
+def test_64x64_reading_records_and_items_are_those_the_first_build_stages_were_rendered_with():
+    """The canvases option left the default records as they were: the digest of their texts, image sizes and
+    scenes, taken before the option existed (commit b022122)."""
+    digest = hashlib.sha256()
+    for task in READING_TASKS:
+        for index in range(25):
+            record = training_record(task, 3, index)
+            digest.update(repr((record.turns, [image.size for image in record.images])).encode())
+            item = eval_item(task, 0, index)
+            digest.update(repr((item.text, item.answer, item.variant, item.width, item.height, item.scene)).encode())
+    assert digest.hexdigest() == "0954de0cfcabfc94b72f10cbde1f658d966ff9f56cb589bbea6f50b008f7ca39"
+
+
 def test_other_canvases_are_refused_where_they_mean_nothing_or_cannot_be_pretokenized(tmp_path):
-    with pytest.raises(DataError, match="draws on its own canvases; other canvases apply to caption"):
+    with pytest.raises(DataError, match=r"text_to_image draw\(s\) on their own canvases; other canvases apply to caption"):
         training_record("text_to_image", 0, 0, CANVAS_SIZES)
-    with pytest.raises(DataError, match="draws on its own canvases"):
+    with pytest.raises(DataError, match="draw.s. on their own canvases"):
         eval_item("edit_add", 0, 0, ((80, 48),))
-    for bad in ([], [(96, 96)], "64x64", [64, 64], ((64, 64), None)):
-        with pytest.raises(DataError, match=r"accepted a non-empty list of \(width, height\) among"):
+    text_to_image = training_record("text_to_image", 0, 0)
+    assert training_record("text_to_image", 0, 0, [[64, 64]]).turns == text_to_image.turns  # the default, as a list
+    for bad in ([], [(96, 96)], "64x64", [64, 64], ((64, 64), None), [(64.0, 64.0)], [(80, 48), (80, 48)]):
+        with pytest.raises(DataError, match=r"accepted a non-empty list of distinct \(width, height\) among"):
             training_record("caption", 0, 0, bad)
     with pytest.raises(DataError, match="accepted a non-empty list"):
         write_task_dataset(tmp_path, {"caption": 1}, seed=0, progress=False, canvases=[(100, 60)])
+    with pytest.raises(DataError, match="edit_add draw"):  # refused before the first record is written
+        write_task_dataset(tmp_path, {"caption": 2, "edit_add": 2}, seed=0, progress=False, canvases=CANVAS_SIZES)
+    assert not (tmp_path / "images").exists()
 
 
 def test_eval_streams_are_disjoint_from_training():

@@ -133,5 +133,5 @@ def test_tuning_items_come_from_another_seed_than_the_held_out_ones(pipe, monkey
 def test_understanding_items_can_be_read_on_another_canvas_and_other_tasks_refuse_it(pipe):
     report = evaluate_tasks(pipe, ["caption"], limit=2, canvases=((80, 48),))
     assert [r.task for r in report.results] == ["caption", "caption"]
-    with pytest.raises(DataError, match="draws on its own canvases"):
-        evaluate_tasks(pipe, ["text_to_image"], limit=1, canvases=((80, 48),))
+    with pytest.raises(DataError, match="text_to_image draw.s. on their own canvases"):
+        evaluate_tasks(pipe, ["caption", "text_to_image"], limit=1, canvases=((80, 48),))

@@ -116,9 +116,13 @@ def quality_options(args: argparse.Namespace, tasks) -> dict:
     from lumina_mgpt.errors import GenerationError
     from lumina_mgpt.generation.best_of import check_best_of
     from lumina_mgpt.generation.thinking import SELF, ChatThinker, check_think_spec
-    from lumina_mgpt.generation.verifiers import PYTHON_PREFIX, SELF_CAPTION, check_verifier_spec, load_python_verifier
-    from lumina_mgpt.generation.verifiers import SELF as SELF_VERIFIER
-    from lumina_mgpt.model_folder import CAPTION, CHAT, REWRITE, VQA, require_task
+    from lumina_mgpt.generation.verifiers import (
+        PYTHON_PREFIX,
+        check_verifier_spec,
+        load_python_verifier,
+        require_verifier_tasks,
+    )
+    from lumina_mgpt.model_folder import REWRITE, require_task
 
     best_of = check_best_of(args.best_of)
     verifiers = [check_verifier_spec(spec) for spec in args.verifier or ()]
@@ -126,12 +130,8 @@ def quality_options(args: argparse.Namespace, tasks) -> dict:
         raise GenerationError(f"--best-of {best_of} needs a --verifier to choose with: self, self-caption, "
                               f"python:module:function or http:URL")
     for spec in verifiers:
-        if spec == SELF_VERIFIER:
-            require_task(tasks, VQA, CHAT)
-        elif spec == SELF_CAPTION:
-            for task in (CAPTION, REWRITE, VQA):
-                require_task(tasks, task)
-        elif spec.startswith(PYTHON_PREFIX):
+        require_verifier_tasks(spec, tasks)
+        if spec.startswith(PYTHON_PREFIX):
             load_python_verifier(spec)
     think = None if args.think is None else check_think_spec(args.think)
     if think == SELF:

@@ -659,7 +659,8 @@ class Pipeline:
 
         Answers are read greedily unless `temperature` is given (short exact answers: a caption, a count,
         a color); top_k defaults to the model's text top-k. Request i uses seed `seed + i` (or seed[i]).
-        Images go in as the model saw them in training (project models: 64x64). caption and vqa also run
+        Images go in at the resolution bucket of the model's size closest to them in aspect
+        (`tasks.understanding_codes`). caption and vqa also run
         on chat models; the rest is refused (GenerationError) where the model's lumina.json lacks the task."""
         runner = TaskRunner(self)
         requests, seeds, batch_size = check_request_batch(requests, runner.family, self.tasks, seed, batch_size)

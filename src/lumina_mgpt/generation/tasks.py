@@ -225,10 +225,10 @@ def input_bucket(layout: VocabLayout, defaults: Defaults, image: Image.Image) ->
 def understanding_codes(pipe, image: Image.Image) -> np.ndarray:
     """The code grid of an image to be described, questioned or verified, resized first to the resolution
     bucket of the model's size closest to it in aspect: a picture the model drew is read at its own size,
-    code for code. Project
-    models were taught on PANEL canvases, yet scaling one of their 80x48 drawings onto a PANEL (stretched,
-    cropped or letterboxed) moves its objects off the VQ's 8-pixel patch grid, and the embedded model then
-    captions a single square as "three black circles"; at its own size it reads "a black square"."""
+    code for code. Scaling an 80x48 drawing onto a 64x64 canvas (stretched, cropped or letterboxed) moves
+    its objects off the VQ's 8-pixel patch grid: a model taught on 64x64 pictures only then captioned a
+    single square as "three black circles", and read it right at its own size. The embedded model has
+    since been taught pictures of every canvas (the build's canvases stage)."""
     resized = resize_to_bucket(image.convert("RGB"), input_bucket(pipe.layout, pipe.defaults, image))
     return pipe.image_tokenizer.encode([resized])[0].cpu().numpy()
 

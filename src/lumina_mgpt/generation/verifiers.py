@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from PIL import Image
 
 from lumina_mgpt.errors import GenerationError
-from lumina_mgpt.model_folder import CHAT, VQA, require_task
+from lumina_mgpt.model_folder import CAPTION, CHAT, REWRITE, VQA, require_task
 
 SELF = "self"
 SELF_CAPTION = "self-caption"
@@ -43,6 +43,8 @@ OFFICIAL_ANSWERS = ("Yes", "No")
 PROJECT_ANSWERS = ("yes", "no")
 
 Verifier = Callable[[list[Image.Image], str], Sequence[float]]
+# What the model's own verifiers need it trained for: each entry a task, or tasks that also do it.
+OWN_VERIFIER_TASKS = {SELF: [(VQA, CHAT)], SELF_CAPTION: [(CAPTION,), (REWRITE,), (VQA, CHAT)]}
 
 
 def check_verifier_spec(spec: object) -> str:
@@ -67,6 +69,16 @@ def check_verifier_spec(spec: object) -> str:
             f"verifier {spec!r} must be http: followed by an http:// or https:// URL; accepted: {SPECS_ACCEPTED}"
         )
     raise GenerationError(f"unknown verifier {spec!r}; accepted: {SPECS_ACCEPTED}")
+
+
+def require_verifier_tasks(spec: str, tasks: Sequence[str]) -> None:
+    """GenerationError naming the verifier unless a model of `tasks` can run verifier `spec` (cheap: the
+    CLIs run it before loading the model; python: and http: verifiers need no task)."""
+    for needed in OWN_VERIFIER_TASKS.get(spec, ()):
+        try:
+            require_task(tasks, *needed)
+        except GenerationError as error:
+            raise GenerationError(f"verifier {spec!r}: {error}") from None
 
 
 def load_python_verifier(spec: str) -> Verifier:
@@ -220,7 +232,7 @@ class SelfVerifier:
 
         if pipe is None:
             raise GenerationError("the 'self' verifier needs the pipeline of the model that judges")
-        require_task(pipe.tasks, VQA, CHAT)
+        require_verifier_tasks(SELF, pipe.tasks)
         self.pipe = pipe
         self.family = prompt_family(pipe.layout)
         answers = PROJECT_ANSWERS if self.family == PROJECT else OFFICIAL_ANSWERS
@@ -297,18 +309,16 @@ class SelfCaptionVerifier:
 
     def __init__(self, pipe):
         from lumina_mgpt.generation.tasks import PROJECT, prompt_family
-        from lumina_mgpt.model_folder import CAPTION, REWRITE
 
         if pipe is None:
             raise GenerationError("the 'self-caption' verifier needs the pipeline of the model that judges")
+        require_verifier_tasks(SELF_CAPTION, pipe.tasks)
         family = prompt_family(pipe.layout)
         if family != PROJECT:
             raise GenerationError(
                 f"the 'self-caption' verifier reads captions of the shapes task world; this {family} model "
                 f"captions in free text: use 'self'"
             )
-        require_task(pipe.tasks, CAPTION)
-        require_task(pipe.tasks, REWRITE)
         self.pipe = pipe
         self.vqa_score = SelfVerifier(pipe)
 
@@ -321,14 +331,13 @@ class SelfCaptionVerifier:
 
     def __call__(self, images: list[Image.Image], prompt: str) -> list[float]:
         from lumina_mgpt.generation.tasks import TaskRequest
-        from lumina_mgpt.model_folder import CAPTION
         from lumina_mgpt.shapes.captions import caption_shows, parse_caption
 
         vqa_scores = self.vqa_score(images, prompt)
         asked = self.asked(prompt)
         if asked is None:
             return vqa_scores
-        captions = self.pipe.run_text_tasks([TaskRequest(CAPTION, "", image) for image in images], batch_size=len(images))
+        captions = self.pipe.run_text_tasks([TaskRequest(CAPTION, "", image) for image in images], batch_size=max(1, len(images)))
         described = [parse_caption(caption) for caption in captions]
         return [
             float(spec is not None and caption_shows(spec, asked)) + vqa

@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP API (FastAPI) over one Pipeline and its batching scheduler.
 
     POST /v1/images/generations   text to image (OpenAI images API; `stream: true` sends partial images;
-                                  `best_of: N` with `verifier: "self"` keeps the model's favourite of N)
+                                  `best_of: N` with `verifier: "self"` or "self-caption" keeps the model's
+                                  favourite of N)
     POST /v1/images/edits         image editing, where the model has it (501 otherwise)
     POST /v1/chat/completions     text and images in, text out, where the model chats (501 otherwise)
     GET  /v1/models, GET /health

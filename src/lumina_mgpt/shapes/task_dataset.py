@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from lumina_mgpt.atomic import write_atomically, write_text_atomically
 from lumina_mgpt.errors import DataError
-from lumina_mgpt.shapes.tasks import PANEL, TASK_NAMES, check_canvases, training_record
+from lumina_mgpt.shapes.tasks import PANEL, TASK_NAMES, canvases_for, training_record
 
 RECORDS_FILE = "records.jsonl"
 
@@ -61,7 +61,7 @@ def write_task_dataset(
     so a finished data set is never half written. Returns the records file.
     """
     _check_counts(counts)
-    canvases = check_canvases(canvases)
+    canvases = canvases_for(counts, canvases)  # refused before any record is written
     folder = Path(folder)
     order = interleaved_order(counts)
     lines = []

@@ -31,7 +31,7 @@ from lumina_mgpt.model_folder import (
 from lumina_mgpt.shapes.captions import noun_phrase
 from lumina_mgpt.shapes.spec import ObjectGroup
 from lumina_mgpt.shapes.task_scoring import score_item
-from lumina_mgpt.shapes.tasks import PANEL, TASK_NAMES, Canvases, EvalItem, eval_items
+from lumina_mgpt.shapes.tasks import PANEL, TASK_NAMES, Canvases, EvalItem, canvases_for, eval_items
 
 REWRITE_DRAW = "text_to_image_rewrite"
 EVAL_TASKS: tuple[str, ...] = (TASK_NAMES[0], REWRITE_DRAW, *TASK_NAMES[1:])
@@ -182,6 +182,7 @@ def evaluate_tasks(
     if limit < 1:
         raise DataError(f"limit must be at least 1 item per task, got {limit}")
     chosen, not_trained = choose_tasks(pipe.tasks, tasks)
+    canvases = canvases_for(chosen, canvases)  # refused before any task runs
     sampling = dict(sampling or {})
     drawing = dict(drawing or {})
     results: list[ItemResult] = []

@@ -28,8 +28,9 @@ rewrites may answer with one: those are text the model writes, not prompts it dr
 
 from __future__ import annotations
 
+import numbers
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -78,7 +79,7 @@ TASK_NAMES: tuple[str, ...] = (
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 # The tasks that read a picture the user gives: their records may show it on any canvas of CANVAS_SIZES.
 READING_TASKS = ("caption", "vqa", "verify", "relations")
-PANEL = (64, 64)  # (width, height) of each half of a dual panel, and of understanding images
+PANEL = (64, 64)  # (width, height) of each half of a dual panel, and of understanding images by default
 DUAL_PANEL = (PANEL[0], 2 * PANEL[1])
 # The user turn of rewriting; the answer is the request's canonical caption (captions.canonical_caption).
 REWRITE_INSTRUCTION = "rewrite as a shapes caption: {request}"
@@ -222,42 +223,49 @@ def training_record(task: str, seed: int, index: int, canvases: Canvases = (PANE
     `canvases`: the (width, height) sizes of CANVAS_SIZES a READING_TASKS picture is drawn on, one drawn
     per record; with the default, 64x64 only, the records are those the first build stages trained on."""
     sampler = _check_task(task)
+    canvases = canvases_for([task], canvases)
     rng = task_rng(task, seed, index, TRAIN_STREAM)
-    if tuple(canvases) == (PANEL,):
-        return sampler.sample_record(rng)
-    return sampler.sample_record(rng, _reading_canvases(task, canvases))
+    return sampler.sample_record(rng) if canvases == (PANEL,) else sampler.sample_record(rng, canvases)
 
 
 def eval_item(task: str, seed: int, index: int, canvases: Canvases = (PANEL,)) -> EvalItem:
     """Evaluation item `index` of `task` for `seed`, from a stream disjoint from training; `canvases` as in
     `training_record` (the held-out items of `lumina eval tasks` are the default's)."""
     sampler = _check_task(task)
+    canvases = canvases_for([task], canvases)
     rng = task_rng(task, seed, index, EVAL_STREAM)
-    if tuple(canvases) == (PANEL,):
-        return sampler.sample_item(rng, index)
-    return sampler.sample_item(rng, index, _reading_canvases(task, canvases))
+    return sampler.sample_item(rng, index) if canvases == (PANEL,) else sampler.sample_item(rng, index, canvases)
 
 
 def eval_items(task: str, count: int, seed: int = 0, canvases: Canvases = (PANEL,)) -> list[EvalItem]:
-    """The first `count` evaluation items of `task` for `seed`."""
+    """The first `count` evaluation items of `task` for `seed`, `canvases` as in `eval_item`."""
     if count < 0:
         raise DataError(f"item count must be non-negative, got {count}")
     return [eval_item(task, seed, index, canvases) for index in range(count)]
 
 
-def check_canvases(canvases: object) -> Canvases:
-    """`canvases` as a tuple of (width, height), each one of CANVAS_SIZES; DataError otherwise."""
+def canvases_for(tasks: Iterable[str], canvases: object) -> Canvases:
+    """`canvases` as distinct (width, height) pairs of CANVAS_SIZES; other than the default (64x64 only), for
+    READING_TASKS only. DataError saying what is accepted otherwise."""
     sizes = list(canvases) if isinstance(canvases, (tuple, list)) else []
-    checked = tuple(tuple(size) for size in sizes if isinstance(size, (tuple, list)))
-    if not checked or len(checked) != len(sizes) or any(size not in CANVAS_SIZES for size in checked):
-        raise DataError(f"canvases {canvases!r}: accepted a non-empty list of (width, height) among {CANVAS_SIZES}")
+    checked = tuple(
+        (int(size[0]), int(size[1]))
+        for size in sizes
+        if isinstance(size, (tuple, list)) and len(size) == 2
+        and all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in size)
+    )  # fmt: skip
+    malformed = not checked or len(checked) != len(sizes) or len(set(checked)) != len(checked)
+    if malformed or any(size not in CANVAS_SIZES for size in checked):
+        raise DataError(
+            f"canvases {canvases!r}: accepted a non-empty list of distinct (width, height) among {CANVAS_SIZES}"
+        )
+    others = [task for task in tasks if task not in READING_TASKS]
+    if checked != (PANEL,) and others:
+        raise DataError(
+            f"{', '.join(others)} draw(s) on their own canvases; other canvases apply to {', '.join(READING_TASKS)} "
+            f"only: ask for those tasks alone"
+        )
     return checked
-
-
-def _reading_canvases(task: str, canvases: object) -> Canvases:
-    if task not in READING_TASKS:
-        raise DataError(f"{task} draws on its own canvases; other canvases apply to {', '.join(READING_TASKS)}")
-    return check_canvases(canvases)
 
 
 def _canvas(rng: np.random.Generator, canvases: Canvases) -> tuple[int, int]:
