@@ -302,10 +302,10 @@ class SelfCaptionVerifier:
     check cannot tell apart. What the prompt asks is read from the prompt when it is a canonical caption,
     else from the model's own rewrite of it (greedy); when neither parses, VQAScore alone scores.
 
-    On 760 drawings of 96 ShapesEval prompts by the canvases-stage model, labelled by the ShapesEval
-    analyzer (which no verifier sees), this ranks with ROC AUC 0.871 against 0.756 for VQAScore alone: the
-    caption check rejected 68 of the 80 wrong drawings. It also rejects right ones whose caption the task
-    world cannot say (three circles of three colors: captions name one color per group)."""
+    On 760 drawings of 95 ShapesEval prompts by the embedded model, labelled by the ShapesEval analyzer
+    (which no verifier sees), this ranks with ROC AUC 0.876 against 0.757 for VQAScore alone
+    (benchmarks/RESULTS.md). It also rejects right drawings whose caption misreads them or that the task
+    world has no caption for (three circles of three colors: a caption names one color per group)."""
 
     def __init__(self, pipe):
         from lumina_mgpt.generation.tasks import PROJECT, prompt_family

@@ -75,7 +75,7 @@ IMAGE_TOP_K = 128
 # Chosen on validation prompts (none held out) with benchmarks/tune_shapes_sampling.py, 319 prompts x
 # sampling seeds 0 and 1000 at temperature 0.5. The polish stage's final: CFG 1.75 / 2 / 2.25 / 2.5 ->
 # 0.910 / 0.913 / 0.913 / 0.890; the text stage's: CFG 2 / 2.25 / 2.5 / 2.75 -> 0.887 / 0.888 / 0.872 /
-# 0.849 (temperature 0.3 scores the same; CFG 1.5 0.84, 3 0.81).
+# 0.849 (temperature 0.3 scores the same; CFG 1.5 0.84, 3 0.81). Kept, not retuned, for the canvases stage's model.
 SAMPLING_CFG = 2.0
 SAMPLING_TEMPERATURE = 0.5
 # Guidance per task, on validation items of the final model (item seed 2024, as
@@ -83,6 +83,7 @@ SAMPLING_TEMPERATURE = 0.5
 # Edits (mean of the four kinds): 0.953 at CFG 1, 0.984 at 1.5, 0.958 at 2, 0.859 at 2.5; without guidance
 # an add more often returns its input unchanged, with strong guidance kept objects change color. Subject:
 # 0.40 at CFG 1, 0.67 at 1.5, 0.81 at 2, 0.90 at 2.5, 0.88 at 3, 0.73 at 3.5.
+# Tuned on the polish stage's final; kept for the canvases stage's.
 PER_TASK_SAMPLING = {"edit": {"cfg": 1.5}, "subject": {"cfg": 2.5}}
 
 

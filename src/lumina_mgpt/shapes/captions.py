@@ -272,7 +272,9 @@ def caption_shows(described: Spec, asked: Spec) -> bool:
     color, as the caption task answers) shows what `asked` asks: each asked group's objects there (by shape,
     and by color where one is asked; a counted group exactly, with no other object of its shape), and the
     asked relation stated by the caption between them. Reasoning on two texts, no picture: the
-    self-caption verifier's check (generation.verifiers.SelfCaptionVerifier)."""
+    self-caption verifier's check (generation.verifiers.SelfCaptionVerifier). A caption states one relation
+    per pair, so a diagonal pair captioned on one axis does not show a relation asked on the other; captions
+    state relations between single objects only."""
     objects = [(group.shape, group.color) for group in described.groups for _ in range(group.count)]
     chosen = []
     for group in asked.groups:
