@@ -361,6 +361,13 @@ def test_the_server_answers_best_of_with_the_pipelines_choice_and_its_record(pip
             assert item["best_of"] == json.loads(image.info["parameters"])["best_of"]
         assert [item["seed"] for item in data] == [7, 8]
         assert [row["seed"] for row in data[1]["best_of"]["candidates"]] == [24, 25, 26]
+        # The model's other own verifier is served too; "a red circle" is a canonical caption, so it is not rewritten.
+        captioned = httpx.post(url, json={**body, "n": 1, "verifier": "self-caption"}, timeout=60)
+        assert captioned.status_code == 200, captioned.text
+        (choice,) = [item["best_of"] for item in captioned.json()["data"]]
+        expected = pipe.generate("a red circle", width=SIZE, height=SIZE, seed=7, best_of=3, verifier="self-caption",
+                                 progress=False)[0]  # fmt: skip
+        assert choice == json.loads(expected.info["parameters"])["best_of"] and choice["verifiers"] == ["self-caption"]
         for extra, message in [
             ({"verifier": REDDEST}, f"verifier {REDDEST!r} is not served; accepted: 'self' or 'self-caption'"),
             ({"best_of": 5}, "best_of must be an integer from 1 to 4"),
