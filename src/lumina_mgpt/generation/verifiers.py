@@ -337,7 +337,8 @@ class SelfCaptionVerifier:
         asked = self.asked(prompt)
         if asked is None:
             return vqa_scores
-        captions = self.pipe.run_text_tasks([TaskRequest(CAPTION, "", image) for image in images], batch_size=max(1, len(images)))
+        requests = [TaskRequest(CAPTION, "", image) for image in images]
+        captions = self.pipe.run_text_tasks(requests, batch_size=max(1, len(requests)))
         described = [parse_caption(caption) for caption in captions]
         return [
             float(spec is not None and caption_shows(spec, asked)) + vqa

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from lumina_mgpt.atomic import write_atomically, write_text_atomically
 from lumina_mgpt.errors import DataError
-from lumina_mgpt.shapes.tasks import PANEL, TASK_NAMES, canvases_for, training_record
+from lumina_mgpt.shapes.tasks import PANEL, TASK_NAMES, Canvases, canvases_for, training_record
 
 RECORDS_FILE = "records.jsonl"
 
@@ -51,7 +51,7 @@ def write_task_dataset(
     counts: Mapping[str, int],
     seed: int,
     progress: bool = True,
-    canvases: tuple[tuple[int, int], ...] = (PANEL,),
+    canvases: Canvases = (PANEL,),
 ) -> Path:
     """Write `counts[task]` training records of each task into folder/images and folder/records.jsonl;
     `canvases`: those the pictures of understanding tasks are drawn on (`tasks.training_record`).
