@@ -82,6 +82,7 @@ from lumina_mgpt.model_folder import (
     require_task,
     write_project_file,
 )
+from lumina_mgpt.text.known_words import KnownWords
 
 OUTPUT_TYPES = ("pil", "np", "codes")
 DEVICES_ACCEPTED = "cpu, cuda, cuda:N or mps"
@@ -244,10 +245,11 @@ class Pipeline:
 
     def __init__(
         self, model, text_tokenizer, image_tokenizer, layout: VocabLayout, defaults: Defaults,
-        tasks: Sequence[str] = PROJECT_DEFAULT_TASKS,
+        tasks: Sequence[str] = PROJECT_DEFAULT_TASKS, known_words: KnownWords | None = None,
     ):
         self.model = model
         self.text_tokenizer = text_tokenizer
+        self.known_words = known_words
         self.image_tokenizer = image_tokenizer
         self.layout = layout
         self.defaults = defaults
@@ -304,7 +306,8 @@ class Pipeline:
                 f"image tokenizer {info.image_tokenizer_path} has {vision.codebook_size} codes but the model's layout "
                 f"expects {info.layout.codebook_size}; pass the image tokenizer the model was trained with"
             )
-        return cls(model, info.text_tokenizer, vision, info.layout, info.defaults, info.tasks)
+        known_words = KnownWords.from_folder(info.folder)
+        return cls(model, info.text_tokenizer, vision, info.layout, info.defaults, info.tasks, known_words)
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write a project folder that `from_pretrained` (and, for the model, transformers) loads."""
@@ -316,6 +319,8 @@ class Pipeline:
         self.text_tokenizer.save(folder / "tokenizer.json")
         self.image_tokenizer.save_pretrained(folder / "image_tokenizer")
         write_project_file(folder, self.layout, self.defaults, self.tasks)
+        if self.known_words is not None:
+            self.known_words.save(folder)
 
     # ------------------------------------------------------------------ generation
     def settings(
@@ -333,9 +338,19 @@ class Pipeline:
             cfg_schedule=cfg_schedule,
         )
 
+    def read(self, text: str) -> str:
+        """`text` as the model reads it. A model folder that lists the words its model knows (text/known_words.py)
+        reads only those: a slip one edit from a known word is corrected ("xircle" -> "circle"), other unknown
+        words are left out. Metadata record the text read as `read_as` where it differs."""
+        return text if self.known_words is None else self.known_words.read(text)
+
+    def read_request(self, request: TaskRequest) -> TaskRequest:
+        """A task request with its text as the model reads it (`read`)."""
+        return replace(request, text=self.read(request.text)) if request.text else request
+
     def prompt_ids(self, prompt: str, width: int, height: int) -> np.ndarray:
         """The ids of the resolution-aware text-to-image prompt, ending with the separator."""
-        text = text_to_image_prompt(prompt, width, height)
+        text = text_to_image_prompt(self.read(prompt), width, height)
         return encode_generation_prompt([text], [], self.text_tokenizer, self.layout)
 
     def generate_codes(
@@ -400,6 +415,8 @@ class Pipeline:
                     "prompt": plan.requests[index], "rewritten_prompt": prompt,
                     **({} if plan.thinking is None else {"thinking": plan.thinking[index]}),
                 }
+                if self.read(prompt) != prompt:
+                    asked["read_as"] = self.read(prompt)
                 picture.info["parameters"] = image_parameters(
                     asked, plan.width, plan.height, image_seed, plan.settings, plan.sjd_window, self.layout
                 )
@@ -640,8 +657,11 @@ class Pipeline:
         sjd_window = check_sjd_window(sjd_window)
         images = runner.run_images(requests, seeds, settings, width, height, batch_size, progress, sjd_window)
         for request, image_seed, image, request_settings in zip(requests, seeds, images, settings):
+            asked = request_fields(request)
+            if self.read(request.text) != request.text:
+                asked["read_as"] = self.read(request.text)
             image.info["parameters"] = image_parameters(
-                request_fields(request), *image.size, image_seed, request_settings, sjd_window, self.layout
+                asked, *image.size, image_seed, request_settings, sjd_window, self.layout
             )
         return images
 

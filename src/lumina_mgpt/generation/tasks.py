@@ -313,7 +313,7 @@ class TaskRunner:
         # The condition image at the answer's canvas: the upper panel, or v1's image in the user turn.
         inputs = [resize_to_bucket(request.image.convert("RGB"), size) for request in requests]
         grids = [grid.cpu().numpy() for grid in pipe.image_tokenizer.encode(inputs)]
-        turns = [image_task_turn(request, self.family, size) for request in requests]
+        turns = [image_task_turn(pipe.read_request(request), self.family, size) for request in requests]
         if is_dual_panel(self.family):
             prompts = [encode_generation_prompt([turn], [], pipe.text_tokenizer, pipe.layout) for turn in turns]
             out = pipe.engine.generate_images(
@@ -349,7 +349,7 @@ class TaskRunner:
             images = [] if request.task == REWRITE else [understanding_codes(self.pipe, request.image)]
             prompts.append(
                 encode_generation_prompt(
-                    [text_task_turn(request, self.family)], images, pipe.text_tokenizer, pipe.layout
+                    [text_task_turn(pipe.read_request(request), self.family)], images, pipe.text_tokenizer, pipe.layout
                 )
             )
         answers = []

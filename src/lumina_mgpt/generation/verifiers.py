@@ -262,7 +262,7 @@ class SelfVerifier:
         pipe = self.pipe
         # one at a time: the candidates of a prompt share a size, images of several prompts need not
         grids = [understanding_codes(pipe, image) for image in images]
-        question = self.question(prompt)
+        question = self.question(pipe.read(prompt))
         return [
             encode_generation_prompt(
                 [text_task_turn(TaskRequest(VQA, question, image), self.family)], [grid],

@@ -7,7 +7,8 @@
    (64x64, 80x48, 48x80) for the last one,
 2. train a lower-casing byte-level BPE on the text of the first two groups,
 3. train the patch-local VQ image tokenizer on the task world's images (shapes/vq_images.py),
-4. write the project assets (tokenizer.json, image_tokenizer/, lumina.json with the layout and tasks),
+4. write the project assets (tokenizer.json, image_tokenizer/, lumina.json with the layout and tasks, and
+   prompt_words.txt, the words of the training records, which the model reads prompts with),
 5. `lumina pretokenize` each group at its target size (64 for canvases, 96 for the dual panels),
 6. `lumina train recipes/shapes-multitask.toml`, then `recipes/shapes-multitask-text.toml` from its final
    model, then `recipes/shapes-multitask-polish.toml` (relations and subject scenes) from that one's, then
@@ -128,6 +129,20 @@ def train_text_tokenizer(work: Path) -> None:
     texts = [text for name in BPE_GROUPS for text in record_texts(work / f"data-{name}" / RECORDS_FILE)]
     target.parent.mkdir(parents=True, exist_ok=True)
     TextTokenizer.train_bpe(texts, vocab_size=BPE_VOCAB, lowercase=True).save(target)
+
+
+def write_known_words(work: Path) -> None:
+    """List the words of the training records beside the tokenizer (text/known_words.py): the model reads
+    only these, slips corrected. Training copies the assets into every model folder it writes."""
+    from lumina_mgpt.shapes.task_dataset import RECORDS_FILE
+    from lumina_mgpt.text.known_words import PROMPT_WORDS_FILE, prompt_words, write_prompt_words
+
+    if (work / "assets" / PROMPT_WORDS_FILE).is_file():
+        return
+    texts = [text for name in GROUPS for text in record_texts(work / f"data-{name}" / RECORDS_FILE)]
+    words = prompt_words(texts)
+    write_prompt_words(work / "assets", words)
+    log(f"known words: {len(words)}, from {len(texts)} texts")
 
 
 def train_image_tokenizer(work: Path, seed: int) -> None:
@@ -258,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     timed("text tokenizer", train_text_tokenizer, WORK)
     timed("image tokenizer", train_image_tokenizer, WORK, args.seed)
     timed("metadata", write_project_metadata, WORK)
+    timed("known words", write_known_words, WORK)
     timed("pretokenize", pretokenize_data, WORK, args.seed)
     for recipe in RECIPES:
         final = timed(f"train {recipe.stem}", train_model, recipe, args.device, args.max_steps)

@@ -1,0 +1,155 @@
+"""How a small model reads a prompt: only the words it was trained on, slips corrected.
+
+A model trained from scratch on a narrow world (the embedded shapes model) has seen a few hundred words.
+Any other word reaches it as byte pieces, and pieces mislead: "thanks" starts with the piece " than" of
+"higher than", so "i'd like to see a triangle, thanks" was rewritten "a triangle above"; "coloured"
+ends in the piece "red". A project folder may therefore list the words its model was trained on
+(`prompt_words.txt`, one a line). Then `KnownWords.read` gives the model the prompt with
+- each slip corrected: a word it does not know, one edit (a letter inserted, dropped or replaced, or two
+  neighbours swapped) from exactly one word it knows, becomes that word ("xircle" -> "circle");
+- every other word it does not know left out (a plural of a known word is kept): a word never trained on
+  carries nothing the model can use.
+
+Slips are corrected only in words of MIN_LENGTH letters or more that are not a common English word (`common_words.txt`, next to this file), so that "light" never becomes "right" nor
+"tree" "three": an unknown real word means something the model cannot draw (it is left out); a non-word
+one edit from a known word is most likely that word mistyped. Digits and punctuation are kept.
+
+`common_words.txt` holds the English words of at least 4 letters with a frequency of one in a million or
+more that lie one edit away from a word of the embedded model's list. It was derived from the wordfreq
+package's English frequencies (Robyn Speer, data CC BY-SA 4.0; see docs/THIRD_PARTY.md), with
+`python -m lumina_mgpt.text.known_words --write-common-words` where wordfreq is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lumina_mgpt.atomic import write_text_atomically
+
+PROMPT_WORDS_FILE = "prompt_words.txt"
+COMMON_WORDS_FILE = Path(__file__).with_name("common_words.txt")
+MIN_LENGTH = 4
+WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")  # "i'd" is one word
+
+
+def one_edit_apart(a: str, b: str) -> bool:
+    """Whether one insertion, deletion, substitution or swap of two neighbouring letters turns `a` into `b`."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diffs = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+        if len(diffs) != 2 or diffs[1] != diffs[0] + 1:
+            return len(diffs) == 1  # one letter replaced
+        i, j = diffs
+        return a[i] == b[j] and a[j] == b[i]  # two neighbours swapped
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    first = next((i for i, (x, y) in enumerate(zip(short, long)) if x != y), len(short))
+    return short[first:] == long[first + 1 :]
+
+
+def _read_words(path: Path) -> frozenset[str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
+def _same_case(word: str, like: str) -> str:
+    if like.isupper() and len(like) > 1:
+        return word.upper()
+    return word.capitalize() if like[:1].isupper() else word
+
+
+@dataclass(frozen=True)
+class KnownWords:
+    """The words a model knows (`known`), and the common English words never taken for slips (`common`)."""
+
+    known: frozenset[str]
+    common: frozenset[str]
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike) -> KnownWords | None:
+        """The known words of a model folder that lists them (PROMPT_WORDS_FILE), else None."""
+        path = Path(folder) / PROMPT_WORDS_FILE
+        if not path.is_file():
+            return None
+        return cls(_read_words(path), _read_words(COMMON_WORDS_FILE))
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        return write_prompt_words(folder, self.known)
+
+    def knows(self, word: str) -> bool:
+        """Whether `word` (lower case) is a known word or the plural of one."""
+        if word in self.known:
+            return True
+        return word.endswith("s") and (word[:-1] in self.known or (word.endswith("es") and word[:-2] in self.known))
+
+    def correction(self, word: str) -> str | None:
+        """The known word `word` (lower case, not known) was most likely meant to be, or None."""
+        if len(word) < MIN_LENGTH or word in self.common:
+            return None
+        candidates = [k for k in self.known if len(k) >= MIN_LENGTH and one_edit_apart(word, k)]
+        return candidates[0] if len(candidates) == 1 else None
+
+    def _word_as_read(self, word: str) -> str:
+        lower = word.lower()
+        if self.knows(lower):
+            return word
+        replacement = self.correction(lower)
+        return "" if replacement is None else _same_case(replacement, word)
+
+    def read(self, text: str) -> str:
+        """`text` as the model reads it: known words as written, slips corrected, other words left out, spaces
+        tidied. A text with no known word at all is returned as written."""
+        read = " ".join(WORD.sub(lambda m: self._word_as_read(m.group()), text).split())
+        return read if WORD.search(read) else text
+
+
+def prompt_words(texts: Iterable[str], min_share: float = 1 / 2500) -> list[str]:
+    """The words (lower case) of training texts that appear in at least `min_share` of them: the model's
+    vocabulary, without the training data's own random typos, each of which is rare."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for text in texts:
+        counts.update(set(WORD.findall(text.lower())))
+        total += 1
+    return sorted(word for word, count in counts.items() if count >= min_share * total)
+
+
+def write_prompt_words(folder: str | os.PathLike, words: Iterable[str]) -> Path:
+    return write_text_atomically(Path(folder) / PROMPT_WORDS_FILE, "".join(f"{w}\n" for w in sorted(words)))
+
+
+def write_common_words(prompt_words_file: Path, min_zipf: float = 3.0) -> None:
+    """Rewrite COMMON_WORDS_FILE from wordfreq (a development tool: the package does not depend on it)."""
+    from wordfreq import top_n_list, zipf_frequency
+
+    known = _read_words(prompt_words_file)
+    targets = [k for k in known if len(k) >= MIN_LENGTH]
+    common = sorted(
+        word for word in top_n_list("en", 200_000)
+        if word.isalpha() and word.isascii() and len(word) >= MIN_LENGTH and word not in known
+        and zipf_frequency(word, "en") >= min_zipf and any(one_edit_apart(word, t) for t in targets)
+    )  # fmt: skip
+    header = (
+        "# English words one edit from a word the embedded shapes model knows, that slip correction leaves\n"
+        f"# alone: wordfreq English, Zipf frequency >= {min_zipf} (data CC BY-SA 4.0, Robyn Speer; see\n"
+        "# docs/THIRD_PARTY.md). Written by `python -m lumina_mgpt.text.known_words --write-common-words`.\n"
+    )
+    write_text_atomically(COMMON_WORDS_FILE, header + "".join(f"{w}\n" for w in common))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Regenerate the common-word list of slip correction.")
+    parser.add_argument("--write-common-words", type=Path, metavar="PROMPT_WORDS_TXT", required=True,
+                        help="a model folder's prompt_words.txt; needs `pip install wordfreq`")  # fmt: skip
+    write_common_words(parser.parse_args(argv).write_common_words)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
