@@ -103,15 +103,20 @@ class KnownWords:
         return "" if replacement is None else _same_case(replacement, word)
 
     def read(self, text: str) -> str:
-        """`text` as the model reads it: known words as written, slips corrected, other words left out, spaces
-        tidied. A text with no known word at all is returned as written."""
-        read = " ".join(WORD.sub(lambda m: self._word_as_read(m.group()), text).split())
+        """`text` as the model reads it: known words as written, slips corrected, other words left out (then
+        spaces tidied). A text with every word known, or with none, is returned as written."""
+        changed = WORD.sub(lambda m: self._word_as_read(m.group()), text)
+        if changed == text:
+            return text
+        read = " ".join(changed.split())
         return read if WORD.search(read) else text
 
 
-def prompt_words(texts: Iterable[str], min_share: float = 1 / 2500) -> list[str]:
+def prompt_words(texts: Iterable[str], min_share: float = 1 / 4500) -> list[str]:
     """The words (lower case) of training texts that appear in at least `min_share` of them: the model's
-    vocabulary, without the training data's own random typos, each of which is rare."""
+    vocabulary, without the training data's own random typos, each of which is rare. In the embedded model's
+    808,000 texts the most frequent typo ("daw") is in 156 and the rarest word of a template ("bottom") in
+    219; the default threshold is 180."""
     counts: Counter[str] = Counter()
     total = 0
     for text in texts:
