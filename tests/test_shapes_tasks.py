@@ -314,6 +314,15 @@ def test_written_task_dataset_is_deterministic_resumable_and_readable(tmp_path):
     assert all(Path(path).is_file() for r in parsed for path in r.images)
 
 
+def test_a_data_set_begun_with_another_seed_or_other_canvases_is_not_resumed(tmp_path):
+    counts = {"vqa": 2}
+    write_task_dataset(tmp_path, counts, seed=7, progress=False)
+    for seed, canvases in ((8, (PANEL,)), (7, CANVAS_SIZES)):
+        with pytest.raises(DataError, match="resuming would pair its images with other records"):
+            write_task_dataset(tmp_path, counts, seed=seed, progress=False, canvases=canvases)
+    write_task_dataset(tmp_path, {"vqa": 3, "caption": 1}, seed=7, progress=False)  # more records: resumed
+
+
 def test_a_complete_caption_shows_what_the_analyzer_sees_in_its_exact_scene():
     """caption_shows reasons on texts only (the self-caption verifier's check); on scenes a caption describes
     completely it agrees with the analyzer's verdict on their exact renders, for every kind of request."""

@@ -26,6 +26,9 @@ from lumina_mgpt.errors import DataError
 from lumina_mgpt.shapes.tasks import PANEL, TASK_NAMES, Canvases, canvases_for, training_record
 
 RECORDS_FILE = "records.jsonl"
+# What the images on disk were drawn with: a resumed run must draw with the same, or it would pair old
+# pictures with new records. Counts may differ (record i of a task does not depend on them).
+PARAMS_FILE = "params.json"
 
 
 def _check_counts(counts: Mapping[str, int]) -> None:
@@ -58,11 +61,13 @@ def write_task_dataset(
 
     Deterministic for (counts, seed, canvases): record i of a task is the same whatever the other counts.
     Resumable: images already on disk are kept, and the records file is written last, atomically,
-    so a finished data set is never half written. Returns the records file.
+    so a finished data set is never half written. A folder begun with another seed or other canvases
+    (PARAMS_FILE) is refused. Returns the records file.
     """
     _check_counts(counts)
     canvases = canvases_for(counts, canvases)  # refused before any record is written
     folder = Path(folder)
+    _claim_folder(folder, {"seed": seed, "canvases": [list(size) for size in canvases]})
     order = interleaved_order(counts)
     lines = []
     for task, index in tqdm(order, disable=not progress, desc="writing task records", unit="record"):
@@ -80,3 +85,17 @@ def write_task_dataset(
         line["task"] = task
         lines.append(json.dumps(line) + "\n")
     return write_text_atomically(folder / RECORDS_FILE, "".join(lines))
+
+
+def _claim_folder(folder: Path, params: dict) -> None:
+    """Record `params` in the folder, or refuse one whose images were drawn with others."""
+    path = folder / PARAMS_FILE
+    if path.is_file():
+        found = json.loads(path.read_text())
+        if found != params:
+            raise DataError(
+                f"{folder} holds records drawn with {found}, not {params}: resuming would pair its images with "
+                "other records; write into a new folder, or delete this one"
+            )
+        return
+    write_text_atomically(path, json.dumps(params) + "\n")
