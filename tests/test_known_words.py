@@ -93,6 +93,19 @@ def test_a_word_one_edit_from_two_known_words_is_not_guessed():
     assert words.read("a carts") == "a carts"  # a plural of a known word, not a slip of "cart"
 
 
+def test_ties_go_to_the_same_first_letter_then_to_the_word_over_its_plural():
+    words = KnownWords(frozenset({"a", "yellow", "below", "circle", "circles", "above", "move"}), frozenset())
+    assert words.read("a yelow circlee") == "a yellow circle"
+    assert words.read("aove a circlse") == "above a circle"
+
+
+def test_other_scripts_curly_apostrophes_hyphens_and_possessives(words):
+    assert words.read("a red café circle") == "a red circle"
+    assert words.read("i\u2019d draw a red circle") == "draw a red circle"
+    assert words.read("a yellow-coloured circle") == "a yellow circle"
+    assert words.read("the circle's red triangle") == "circle's red triangle"  # "the" is unknown to this list
+
+
 def test_prompt_words_keep_words_common_in_the_texts_and_drop_rare_typos():
     texts = ["a red circle"] * 3000 + ["a blue squrae"] + ["a blue square"] * 10
     assert prompt_words(texts, min_share=1 / 2500) == ["a", "blue", "circle", "red", "square"]
@@ -133,9 +146,40 @@ def test_the_pipeline_reads_prompts_with_its_words_and_records_what_it_read(pipe
     assert "read_as" not in right_meta
 
 
-def test_saved_pipelines_keep_their_words(pipe, tmp_path):
+def test_saved_pipelines_keep_their_words_and_a_folder_written_over_loses_another_models(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "copy")
     assert KnownWords.from_folder(tmp_path / "copy").known == pipe.known_words.known
+    words, pipe.known_words = pipe.known_words, None
+    try:
+        pipe.save_pretrained(tmp_path / "copy")
+    finally:
+        pipe.known_words = words
+    assert KnownWords.from_folder(tmp_path / "copy") is None
+
+
+def test_task_texts_and_subjects_are_read_and_recorded(pipe):
+    from PIL import Image
+
+    from lumina_mgpt.generation.tasks import TaskRequest
+
+    image = Image.new("RGB", (64, 64), "white")
+    request = pipe.read_request(TaskRequest("subject", "a yellpw square", image, subject="red circel"))
+    assert (request.text, request.subject) == ("a yellow square", "red circle")
+    (edited,) = pipe.run_image_tasks([TaskRequest("edit", "make the xircle blue", image)], progress=False)
+    meta = json.loads(edited.info["parameters"])
+    assert meta["instruction"] == "make the xircle blue" and meta["read_as"] == "make the circle blue"
+
+
+def test_fine_tuned_exports_carry_the_word_list_only_from_named_assets(tmp_path):
+    from lumina_mgpt.training.checkpoint import copy_assets
+
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "tokenizer.json").write_text("{}")
+    (tmp_path / "assets" / PROMPT_WORDS_FILE).write_text("a\n")
+    for word_list, folder in ((True, tmp_path / "named"), (False, tmp_path / "default")):
+        folder.mkdir()
+        copy_assets(tmp_path / "assets", folder, word_list=word_list)
+        assert (folder / "tokenizer.json").is_file() and (folder / PROMPT_WORDS_FILE).is_file() == word_list
 
 
 def test_lumina_generate_says_how_the_model_read_a_prompt(tmp_path, capsys, one_thread):

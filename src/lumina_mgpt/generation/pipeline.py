@@ -82,7 +82,7 @@ from lumina_mgpt.model_folder import (
     require_task,
     write_project_file,
 )
-from lumina_mgpt.text.known_words import KnownWords
+from lumina_mgpt.text.known_words import PROMPT_WORDS_FILE, KnownWords
 
 OUTPUT_TYPES = ("pil", "np", "codes")
 DEVICES_ACCEPTED = "cpu, cuda, cuda:N or mps"
@@ -321,6 +321,8 @@ class Pipeline:
         write_project_file(folder, self.layout, self.defaults, self.tasks)
         if self.known_words is not None:
             self.known_words.save(folder)
+        else:  # a folder written over keeps no word list of another model
+            (folder / PROMPT_WORDS_FILE).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ generation
     def settings(
@@ -345,8 +347,14 @@ class Pipeline:
         return text if self.known_words is None else self.known_words.read(text)
 
     def read_request(self, request: TaskRequest) -> TaskRequest:
-        """A task request with its text as the model reads it (`read`)."""
-        return replace(request, text=self.read(request.text)) if request.text else request
+        """A task request with its text and subject as the model reads them (`read`)."""
+        subject = request.subject if request.subject is None else self.read(request.subject)
+        return replace(request, text=self.read(request.text), subject=subject)
+
+    def read_as(self, text: str) -> dict:
+        """{"read_as": what the model read} where it differs from `text`, for metadata; else {}."""
+        read = self.read(text)
+        return {} if read == text else {"read_as": read}
 
     def prompt_ids(self, prompt: str, width: int, height: int) -> np.ndarray:
         """The ids of the resolution-aware text-to-image prompt, ending with the separator."""
@@ -415,8 +423,7 @@ class Pipeline:
                     "prompt": plan.requests[index], "rewritten_prompt": prompt,
                     **({} if plan.thinking is None else {"thinking": plan.thinking[index]}),
                 }
-                if self.read(prompt) != prompt:
-                    asked["read_as"] = self.read(prompt)
+                asked.update(self.read_as(prompt))
                 picture.info["parameters"] = image_parameters(
                     asked, plan.width, plan.height, image_seed, plan.settings, plan.sjd_window, self.layout
                 )
@@ -657,9 +664,7 @@ class Pipeline:
         sjd_window = check_sjd_window(sjd_window)
         images = runner.run_images(requests, seeds, settings, width, height, batch_size, progress, sjd_window)
         for request, image_seed, image, request_settings in zip(requests, seeds, images, settings):
-            asked = request_fields(request)
-            if self.read(request.text) != request.text:
-                asked["read_as"] = self.read(request.text)
+            asked = {**request_fields(request), **self.read_as(request.text)}
             image.info["parameters"] = image_parameters(
                 asked, *image.size, image_seed, request_settings, sjd_window, self.layout
             )

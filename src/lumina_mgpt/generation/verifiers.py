@@ -327,7 +327,7 @@ class SelfCaptionVerifier:
         None when neither is one."""
         from lumina_mgpt.shapes.captions import parse_caption
 
-        return parse_caption(prompt) or parse_caption(self.pipe.rewrite(prompt))
+        return parse_caption(self.pipe.read(prompt)) or parse_caption(self.pipe.rewrite(prompt))
 
     def __call__(self, images: list[Image.Image], prompt: str) -> list[float]:
         from lumina_mgpt.generation.tasks import TaskRequest

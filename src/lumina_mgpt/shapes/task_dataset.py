@@ -67,7 +67,7 @@ def write_task_dataset(
     _check_counts(counts)
     canvases = canvases_for(counts, canvases)  # refused before any record is written
     folder = Path(folder)
-    _claim_folder(folder, {"seed": seed, "canvases": [list(size) for size in canvases]})
+    _claim_folder(folder, {"seed": int(seed), "canvases": [[int(side) for side in size] for size in canvases]})
     order = interleaved_order(counts)
     lines = []
     for task, index in tqdm(order, disable=not progress, desc="writing task records", unit="record"):

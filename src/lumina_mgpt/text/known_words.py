@@ -6,16 +6,21 @@ Any other word reaches it as byte pieces, and pieces mislead: "thanks" starts wi
 ends in the piece "red". A project folder may therefore list the words its model was trained on
 (`prompt_words.txt`, one a line). Then `KnownWords.read` gives the model the prompt with
 - each slip corrected: a word it does not know, one edit (a letter inserted, dropped or replaced, or two
-  neighbours swapped) from exactly one word it knows, becomes that word ("xircle" -> "circle");
-- every other word it does not know left out (a plural of a known word is kept): a word never trained on
-  carries nothing the model can use.
+  neighbours swapped) from a word it knows, becomes that word ("xircle" -> "circle"). Where two known
+  words are one edit away, the one that begins with the same letter wins ("yelow": yellow, not below), and
+  of a word and its plural, the word ("circlee": circle);
+- every other word it does not know left out (a plural or possessive of a known word is kept): a word never
+  trained on carries nothing the model can use. That includes words that change the meaning, such as "not"
+  and "without", when the model was never trained on them.
 
-Slips are corrected only in words of MIN_LENGTH letters or more that are not a common English word (`common_words.txt`, next to this file), so that "light" never becomes "right" nor
-"tree" "three": an unknown real word means something the model cannot draw (it is left out); a non-word
-one edit from a known word is most likely that word mistyped. Digits and punctuation are kept.
+Only slips of known words of MIN_LENGTH letters or more are corrected ("redd" is left out, not read "red"),
+and never a common English word (`common_words.txt`, next to this file), so that "light" never becomes
+"right" nor "tree" "three": an unknown real word means something the model cannot draw (it is left out); a
+non-word one edit from a known word is most likely that word mistyped. Digits and punctuation are kept.
 
 `common_words.txt` holds the English words of at least 4 letters with a frequency of one in a million or
-more that lie one edit away from a word of the embedded model's list. It was derived from the wordfreq
+more that lie one edit away from a word of the embedded model's list: it protects that list's neighbours
+only, so a model trained on other words needs the list made again for its own. It was derived from the wordfreq
 package's English frequencies (Robyn Speer, data CC BY-SA 4.0; see docs/THIRD_PARTY.md), with
 `python -m lumina_mgpt.text.known_words --write-common-words` where wordfreq is installed.
 """
@@ -35,7 +40,9 @@ from lumina_mgpt.atomic import write_text_atomically
 PROMPT_WORDS_FILE = "prompt_words.txt"
 COMMON_WORDS_FILE = Path(__file__).with_name("common_words.txt")
 MIN_LENGTH = 4
-WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")  # "i'd" is one word
+WORD = re.compile(r"[^\W\d_]+(?:['\u2019][^\W\d_]+)*")  # letters of any script; "i'd" is one word
+POSSESSIVE = re.compile(r"['\u2019]s$")
+STRAY_HYPHEN = re.compile(r"(?<![^\W\d_])-|-(?![^\W\d_])")  # left by a word left out: "orange-"
 
 
 def one_edit_apart(a: str, b: str) -> bool:
@@ -55,7 +62,7 @@ def one_edit_apart(a: str, b: str) -> bool:
 
 def _read_words(path: Path) -> frozenset[str]:
     lines = path.read_text(encoding="utf-8").splitlines()
-    return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+    return frozenset(line.strip().lower() for line in lines if line.strip() and not line.startswith("#"))
 
 
 def _same_case(word: str, like: str) -> str:
@@ -83,7 +90,8 @@ class KnownWords:
         return write_prompt_words(folder, self.known)
 
     def knows(self, word: str) -> bool:
-        """Whether `word` (lower case) is a known word or the plural of one."""
+        """Whether `word` (lower case) is a known word, or the plural or possessive of one."""
+        word = POSSESSIVE.sub("", word)
         if word in self.known:
             return True
         return word.endswith("s") and (word[:-1] in self.known or (word.endswith("es") and word[:-2] in self.known))
@@ -92,7 +100,12 @@ class KnownWords:
         """The known word `word` (lower case, not known) was most likely meant to be, or None."""
         if len(word) < MIN_LENGTH or word in self.common:
             return None
-        candidates = [k for k in self.known if len(k) >= MIN_LENGTH and one_edit_apart(word, k)]
+        candidates = sorted(k for k in self.known if len(k) >= MIN_LENGTH and one_edit_apart(word, k))
+        if len(candidates) > 1:  # first letters are seldom mistyped
+            candidates = [k for k in candidates if k[0] == word[0]] or candidates
+        if len(candidates) > 1 and all(k.startswith(candidates[0]) and k[len(candidates[0]) :] in ("s", "es")
+                                       for k in candidates[1:]):  # fmt: skip
+            candidates = candidates[:1]  # a word and its plural: the word
         return candidates[0] if len(candidates) == 1 else None
 
     def _word_as_read(self, word: str) -> str:
@@ -108,7 +121,7 @@ class KnownWords:
         changed = WORD.sub(lambda m: self._word_as_read(m.group()), text)
         if changed == text:
             return text
-        read = " ".join(changed.split())
+        read = " ".join(STRAY_HYPHEN.sub(" ", changed).split())
         return read if WORD.search(read) else text
 
 

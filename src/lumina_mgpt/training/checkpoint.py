@@ -35,6 +35,7 @@ import torch
 
 from lumina_mgpt.atomic import write_text_atomically
 from lumina_mgpt.errors import TrainingError
+from lumina_mgpt.text.known_words import PROMPT_WORDS_FILE
 
 CHECKPOINTS = "checkpoints"
 STAGES = "stages"
@@ -161,12 +162,15 @@ def _link_or_copy(source: str, target: str) -> None:
         shutil.copy2(source, target)
 
 
-def copy_assets(assets: Path | None, model_folder: Path) -> None:
-    """Copy (hard-link when possible) the non-weight files of `assets` into an exported model folder."""
+def copy_assets(assets: Path | None, model_folder: Path, word_list: bool = True) -> None:
+    """Copy (hard-link when possible) the non-weight files of `assets` into an exported model folder;
+    `word_list` False leaves out the list of words the model knows (text/known_words.py)."""
     if assets is None or not assets.is_dir():
         return
     for entry in assets.iterdir():
         if entry.name in _MODEL_FILES or entry.name.startswith(".") or entry.suffix == ".safetensors":
+            continue
+        if entry.name == PROMPT_WORDS_FILE and not word_list:
             continue
         target = model_folder / entry.name
         if entry.is_dir():

@@ -354,7 +354,10 @@ class Trainer:
         export.load_state_dict(full_state, assign=True)
         merge_lora(export)
         save_model(export, folder / ckpt.MODEL_DIR)
-        ckpt.copy_assets(self.recipe.model.assets, folder / ckpt.MODEL_DIR)
+        # A model fine-tuned from a folder may learn words that folder's word list lacks, and would then drop
+        # them from prompts: only a recipe that names its assets (as the build's do) carries the list over.
+        source = self.recipe.model
+        ckpt.copy_assets(source.assets, folder / ckpt.MODEL_DIR, word_list=source.assets != source.path)
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, run: _StageRun, stage_step: int, finished: bool) -> None:
