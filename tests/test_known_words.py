@@ -146,6 +146,13 @@ def test_the_pipeline_reads_prompts_with_its_words_and_records_what_it_read(pipe
     assert "read_as" not in right_meta
 
 
+def test_a_rewritten_prompt_keeps_how_the_request_was_read(pipe):
+    (image,) = pipe.generate("a yellpw circle, thanks", rewrite=True, progress=False)
+    meta = json.loads(image.info["parameters"])
+    assert meta["prompt"] == "a yellpw circle, thanks" and meta["rewritten_prompt"] == "a yellow circle"
+    assert meta["thinking"] == {"by": "self", "read_as": "a yellow circle,"}
+
+
 def test_saved_pipelines_keep_their_words_and_a_folder_written_over_loses_another_models(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "copy")
     assert KnownWords.from_folder(tmp_path / "copy").known == pipe.known_words.known

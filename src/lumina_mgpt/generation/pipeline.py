@@ -740,14 +740,15 @@ class Pipeline:
 
     def rewrite_plan(self, plan: GenerationPlan) -> GenerationPlan:
         """`plan` drawing the model's rewrite of each prompt (each distinct prompt rewritten once, greedily),
-        keeping the prompts asked as the plan's `requests`, which the images' metadata records."""
+        keeping the prompts asked as the plan's `requests`, which the images' metadata records (with how the
+        model read each request, `thinking.read_as`, where that differs)."""
         require_task(self.tasks, REWRITE)
         asked = plan.prompts if plan.requests is None else plan.requests
         distinct = list(dict.fromkeys(asked))
         rewritten = dict(zip(distinct, self.run_text_tasks([TaskRequest(REWRITE, p) for p in distinct])))
         return replace(
             plan, prompts=tuple(rewritten[p] for p in asked), requests=tuple(asked),
-            thinking=({"by": SELF_THINKING},) * len(asked),
+            thinking=tuple({"by": SELF_THINKING, **self.read_as(p)} for p in asked),
         )
 
     def think_plan(self, plan: GenerationPlan, think: str | ChatThinker) -> GenerationPlan:
