@@ -106,6 +106,13 @@ def with_tasks(pipe: Pipeline, *tasks: str) -> Pipeline:
     return Pipeline(pipe.model, pipe.text_tokenizer, pipe.image_tokenizer, pipe.layout, pipe.defaults, tasks=tasks)
 
 
+def test_a_prompt_the_model_reads_otherwise_comes_back_as_revised_prompt(served):
+    slip = served.client.images.generate(prompt="a xircle, thanks", size=SIZE, extra_body={"seed": 5})
+    read = served.client.images.generate(prompt="a circle,", size=SIZE, extra_body={"seed": 5})
+    assert slip.data[0].revised_prompt == "a circle," and read.data[0].revised_prompt is None
+    np.testing.assert_array_equal(pixels(slip.data[0].b64_json), pixels(read.data[0].b64_json))
+
+
 def test_tasks_a_model_lacks_are_501s_the_client_reports(pipe):
     server = Served(with_tasks(pipe, "text-to-image"))
     try:

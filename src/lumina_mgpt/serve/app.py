@@ -160,7 +160,7 @@ def create_app(
             pngs = await wait(request, ticket.result, lambda: scheduler.cancel(ticket))
         except ClientGone:
             return Response(status_code=499)
-        return JSONResponse(images_body(image, pngs))
+        return JSONResponse(images_body(image, pngs, pipe.read(image.prompt)))
 
     async def chosen_images(request: Request, image: ImageRequest, best_of: int, verifier: str) -> Response:
         """Best-of-N on the worker thread: each image's candidates in one engine call, the verifier's choice kept;
@@ -181,7 +181,7 @@ def create_app(
             chosen = await wait(request, scheduler.call(draw), lambda: None)
         except ClientGone:
             return Response(status_code=499)
-        body = images_body(image, [png for png, _ in chosen])
+        body = images_body(image, [png for png, _ in chosen], pipe.read(image.prompt))
         for item, (_, record) in zip(body["data"], chosen):
             item["best_of"] = record
         return JSONResponse(body)
@@ -331,13 +331,15 @@ def create_app(
     return app
 
 
-def images_body(image: ImageRequest, pngs: list[bytes]) -> dict:
-    """The OpenAI ImagesResponse of a finished request (each item also carries its seed)."""
+def images_body(image: ImageRequest, pngs: list[bytes], prompt_read: str) -> dict:
+    """The OpenAI ImagesResponse of a finished request (each item also carries its seed); `prompt_read`, the
+    prompt as the model read it (`Pipeline.read`), is each item's `revised_prompt` where it differs."""
+    revised = {} if prompt_read == image.prompt else {"revised_prompt": prompt_read}
     return {
         "created": int(time.time()),
         "size": f"{image.width}x{image.height}",
         "output_format": "png",
-        "data": [{"b64_json": _b64(png), "seed": image.seed + index} for index, png in enumerate(pngs)],
+        "data": [{"b64_json": _b64(png), "seed": image.seed + index, **revised} for index, png in enumerate(pngs)],
     }
 
 
