@@ -78,6 +78,7 @@ def test_slips_one_edit_from_a_known_word_are_corrected_keeping_case(words):
 
 def test_unknown_words_are_left_out_and_common_words_never_taken_for_slips(words):
     assert words.read("i'd like to see a red circle, thanks") == "a red circle,"
+    assert words.read("a red circle, thanks!") == "a red circle!"  # no comma left hanging before the mark
     assert words.read("a light red tree") == "a red"  # not "right", not "three": left out
     assert words.read("a disc above 3 squares") == "a above 3 squares"  # a plural of a known word is kept
     assert words.read("two Squares") == "Squares"  # "two" is unknown to this list

@@ -187,6 +187,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_arguments(parser, "outputs", "output folder, created when missing")
 
 
+def say_how_read(pipe, text: str) -> None:
+    """One stderr line where the model reads `text` otherwise: words it does not know (text/known_words.py)."""
+    if "read_as" in pipe.read_as(text):
+        print(f"the model reads {text!r} as {pipe.read(text)!r}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -235,8 +241,7 @@ def run(args: argparse.Namespace) -> int:
             if drawn != asked:  # a failed thinking endpoint said so already
                 print(f"rewrote {asked!r} as {drawn!r}", file=sys.stderr)
     for prompt in dict.fromkeys(plan.prompts):
-        if "read_as" in pipe.read_as(prompt):  # words this model does not know (text/known_words.py)
-            print(f"the model reads {prompt!r} as {pipe.read(prompt)!r}", file=sys.stderr)
+        say_how_read(pipe, prompt)
 
     digits = max(3, len(str(len(plan) - 1)))
     if "best_of" in quality:

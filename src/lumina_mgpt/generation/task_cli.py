@@ -127,6 +127,7 @@ def request_of(args: argparse.Namespace, image):
 
 def run(args: argparse.Namespace) -> int:
     from lumina_mgpt.formats import open_image
+    from lumina_mgpt.generation.cli import say_how_read, sjd_window
     from lumina_mgpt.generation.checks import check_integer
     from lumina_mgpt.generation.pipeline import load_options, make_settings
     from lumina_mgpt.generation.tasks import answer_size, check_request_batch, prompt_family, task_defaults
@@ -143,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         check_integer("--max-new-tokens", args.max_new_tokens, 1, "tokens an answer may have")
         make_settings(defaults, temperature=args.temperature, text_top_k=args.top_k)
         pipe = _load(info, device, dtype, args.quant)
+        say_how_read(pipe, request.text)
         (answer,) = pipe.run_text_tasks(
             requests, seed=seeds, temperature=args.temperature, top_k=args.top_k, max_new_tokens=args.max_new_tokens
         )
@@ -150,7 +152,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from lumina_mgpt.generation.checks import check_sjd_window
-    from lumina_mgpt.generation.cli import sjd_window
     from lumina_mgpt.generation.outputs import OutputFolder, file_slug
 
     count = check_integer("--num-images", args.num_images, 1, "answers to draw")
@@ -167,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
     make_settings(defaults, **sampling)
     out = OutputFolder(args.out, overwrite=args.overwrite)
     pipe = _load(info, device, dtype, args.quant)
+    say_how_read(pipe, request.text)
     images = pipe.run_image_tasks(
         requests,
         seed=seeds,

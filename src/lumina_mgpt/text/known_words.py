@@ -43,6 +43,7 @@ MIN_LENGTH = 4
 WORD = re.compile(r"[^\W\d_]+(?:['\u2019][^\W\d_]+)*")  # letters of any script; "i'd" is one word
 POSSESSIVE = re.compile(r"['\u2019]s$")
 STRAY_HYPHEN = re.compile(r"(?<![^\W\d_])-|-(?![^\W\d_])")  # left by a word left out: "orange-"
+COMMA_BEFORE_MARK = re.compile(r",\s*([.!?])")  # "are there, ?" (", thanks" left out) -> "are there?"
 
 
 def one_edit_apart(a: str, b: str) -> bool:
@@ -122,6 +123,7 @@ class KnownWords:
         if changed == text:
             return text
         read = " ".join(STRAY_HYPHEN.sub(" ", changed).split())
+        read = COMMA_BEFORE_MARK.sub(r"\1", read)
         return read if WORD.search(read) else text
 
 
