@@ -189,8 +189,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def say_how_read(pipe, text: str) -> None:
     """One stderr line where the model reads `text` otherwise: words it does not know (text/known_words.py)."""
-    if "read_as" in pipe.read_as(text):
-        print(f"the model reads {text!r} as {pipe.read(text)!r}", file=sys.stderr)
+    read = pipe.read(text)
+    if read != text:
+        print(f"the model reads {text!r} as {read!r}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
