@@ -10,6 +10,7 @@ import pytest
 
 from lumina_mgpt.model_folder import EMBEDDED_MODEL
 from lumina_mgpt.text.known_words import (
+    AMERICAN_SPELLINGS_FILE,
     COMMON_WORDS_FILE,
     MIN_LENGTH,
     PROMPT_WORDS_FILE,
@@ -86,6 +87,25 @@ def test_unknown_words_are_left_out_and_common_words_never_taken_for_slips(words
     assert words.read("a circ") == "a"  # two edits: not a slip
     assert words.read("a cde") == "a"  # under MIN_LENGTH letters: never corrected
     assert words.read("xyzzy plugh") == "xyzzy plugh"  # nothing known: as written
+
+
+def test_british_spellings_are_read_the_american_way_where_the_model_knows_that_word():
+    words = KnownWords(frozenset({"a", "disk", "colored", "red", "color", "circle"}), frozenset({"disc", "colour"}),
+                       {"disc": "disk", "coloured": "colored", "colour": "color", "grey": "gray"})  # fmt: skip
+    assert words.read("a disc coloured red") == "a disk colored red"  # "disc" is common, yet not a slip here
+    assert words.read("A DISC in the Colour red") == "A DISK Color red"
+    assert words.read("a grey circle") == "a circle"  # "gray" is unknown to this list: left out
+
+
+def test_the_shipped_spelling_map_is_british_to_american_and_loads_with_the_embedded_model():
+    words = KnownWords.from_folder(EMBEDDED_MODEL)
+    assert len(words.american) > 1500 and AMERICAN_SPELLINGS_FILE.read_text().startswith("#")
+    assert all(b.isalpha() and a.isalpha() and b != a and b == b.lower() for b, a in words.american.items())
+    assert words.american["colour"] == "color" and words.american["discs"] == "disks"
+    assert words.read("a disc coloured orange") == "a disk colored orange"
+    assert words.read("a square higher up than a disc in the colour orange") == (
+        "a square higher up than a disk in the color orange"
+    )
 
 
 def test_a_word_one_edit_from_two_known_words_is_not_guessed():

@@ -5,6 +5,8 @@ Any other word reaches it as byte pieces, and pieces mislead: "thanks" starts wi
 "higher than", so "i'd like to see a triangle, thanks" was rewritten "a triangle above"; "coloured"
 ends in the piece "red". A project folder may therefore list the words its model was trained on
 (`prompt_words.txt`, one a line). Then `KnownWords.read` gives the model the prompt with
+- each British spelling whose American spelling it knows written the American way ("colour" -> "color",
+  "disc" -> "disk"), from the 1,737 pairs of `american_spellings.tsv` (next to this file);
 - each slip corrected: a word it does not know, one edit (a letter inserted, dropped or replaced, or two
   neighbours swapped) from a word it knows, becomes that word ("xircle" -> "circle"). Where two known
   words are one edit away, the one that begins with the same letter wins ("yelow": yellow, not below), and
@@ -23,22 +25,26 @@ more that lie one edit away from a word of the embedded model's list: it protect
 only, so a model trained on other words needs the list made again for its own. It was derived from the wordfreq
 package's English frequencies (Robyn Speer, data CC BY-SA 4.0; see docs/THIRD_PARTY.md), with
 `python -m lumina_mgpt.text.known_words --write-common-words` where wordfreq is installed.
+`american_spellings.tsv` is OpenAI Whisper's British-to-American spelling map (MIT), written by
+`--write-american-spellings` from Whisper's `normalizers/english.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lumina_mgpt.atomic import write_text_atomically
 
 PROMPT_WORDS_FILE = "prompt_words.txt"
 COMMON_WORDS_FILE = Path(__file__).with_name("common_words.txt")
+AMERICAN_SPELLINGS_FILE = Path(__file__).with_name("american_spellings.tsv")
 MIN_LENGTH = 4
 WORD = re.compile(r"[^\W\d_]+(?:['\u2019][^\W\d_]+)*")  # letters of any script; "i'd" is one word
 POSSESSIVE = re.compile(r"['\u2019]s$")
@@ -66,6 +72,11 @@ def _read_words(path: Path) -> frozenset[str]:
     return frozenset(line.strip().lower() for line in lines if line.strip() and not line.startswith("#"))
 
 
+def _read_spellings(path: Path) -> dict[str, str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return dict(line.split("\t") for line in lines if line and not line.startswith("#"))
+
+
 def _same_case(word: str, like: str) -> str:
     if like.isupper() and len(like) > 1:
         return word.upper()
@@ -74,10 +85,12 @@ def _same_case(word: str, like: str) -> str:
 
 @dataclass(frozen=True)
 class KnownWords:
-    """The words a model knows (`known`), and the common English words never taken for slips (`common`)."""
+    """The words a model knows (`known`), the common English words never taken for slips (`common`), and
+    the American spelling of British ones (`american`)."""
 
     known: frozenset[str]
     common: frozenset[str]
+    american: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> KnownWords | None:
@@ -85,7 +98,7 @@ class KnownWords:
         path = Path(folder) / PROMPT_WORDS_FILE
         if not path.is_file():
             return None
-        return cls(_read_words(path), _read_words(COMMON_WORDS_FILE))
+        return cls(_read_words(path), _read_words(COMMON_WORDS_FILE), _read_spellings(AMERICAN_SPELLINGS_FILE))
 
     def save(self, folder: str | os.PathLike) -> Path:
         return write_prompt_words(folder, self.known)
@@ -113,11 +126,14 @@ class KnownWords:
         lower = word.lower()
         if self.knows(lower):
             return word
+        american = self.american.get(lower)
+        if american is not None and self.knows(american):
+            return _same_case(american, word)
         replacement = self.correction(lower)
         return "" if replacement is None else _same_case(replacement, word)
 
     def read(self, text: str) -> str:
-        """`text` as the model reads it: known words as written, slips corrected, other words left out (then
+        """`text` as the model reads it: known words as written, British spellings made American, slips corrected, other words left out (then
         spaces tidied). A text with every word known, or with none, is returned as written."""
         changed = WORD.sub(lambda m: self._word_as_read(m.group()), text)
         if changed == text:
@@ -163,11 +179,33 @@ def write_common_words(prompt_words_file: Path, min_zipf: float = 3.0) -> None:
     write_text_atomically(COMMON_WORDS_FILE, header + "".join(f"{w}\n" for w in common))
 
 
+def write_american_spellings(whisper_english_json: Path) -> None:
+    """Rewrite AMERICAN_SPELLINGS_FILE from OpenAI Whisper's `whisper/normalizers/english.json`, keeping the
+    pairs of two single words (it has two others: "flyer / flier" and a stray "</span>")."""
+    pairs = json.loads(whisper_english_json.read_text(encoding="utf-8")).items()
+    spellings = {british: american for british, american in pairs if british.isalpha() and american.isalpha()}
+    header = (
+        "# British spelling<TAB>American spelling: OpenAI Whisper's whisper/normalizers/english.json (MIT,\n"
+        "# Copyright (c) 2022 OpenAI; see docs/THIRD_PARTY.md). Written by\n"
+        "# `python -m lumina_mgpt.text.known_words --write-american-spellings ENGLISH_JSON`.\n"
+    )
+    rows = "".join(f"{british}\t{american}\n" for british, american in sorted(spellings.items()))
+    write_text_atomically(AMERICAN_SPELLINGS_FILE, header + rows)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Regenerate the common-word list of slip correction.")
-    parser.add_argument("--write-common-words", type=Path, metavar="PROMPT_WORDS_TXT", required=True,
-                        help="a model folder's prompt_words.txt; needs `pip install wordfreq`")  # fmt: skip
-    write_common_words(parser.parse_args(argv).write_common_words)
+    parser = argparse.ArgumentParser(description="Regenerate the word lists of prompt reading.")
+    parser.add_argument("--write-common-words", type=Path, metavar="PROMPT_WORDS_TXT",
+                        help="from a model folder's prompt_words.txt; needs `pip install wordfreq`")
+    parser.add_argument("--write-american-spellings", type=Path, metavar="ENGLISH_JSON",
+                        help="from whisper/normalizers/english.json of the openai-whisper source package")
+    args = parser.parse_args(argv)
+    if args.write_common_words is None and args.write_american_spellings is None:
+        parser.error("give --write-common-words, --write-american-spellings or both")
+    if args.write_common_words is not None:
+        write_common_words(args.write_common_words)
+    if args.write_american_spellings is not None:
+        write_american_spellings(args.write_american_spellings)
     return 0
 
 
