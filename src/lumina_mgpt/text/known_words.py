@@ -195,10 +195,18 @@ def write_american_spellings(whisper_english_json: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Regenerate the word lists of prompt reading.")
-    parser.add_argument("--write-common-words", type=Path, metavar="PROMPT_WORDS_TXT",
-                        help="from a model folder's prompt_words.txt; needs `pip install wordfreq`")
-    parser.add_argument("--write-american-spellings", type=Path, metavar="ENGLISH_JSON",
-                        help="from whisper/normalizers/english.json of the openai-whisper source package")
+    parser.add_argument(
+        "--write-common-words",
+        type=Path,
+        metavar="PROMPT_WORDS_TXT",
+        help="from a model folder's prompt_words.txt; needs `pip install wordfreq`",
+    )
+    parser.add_argument(
+        "--write-american-spellings",
+        type=Path,
+        metavar="ENGLISH_JSON",
+        help="from whisper/normalizers/english.json of the openai-whisper source package",
+    )
     args = parser.parse_args(argv)
     if args.write_common_words is None and args.write_american_spellings is None:
         parser.error("give --write-common-words, --write-american-spellings or both")
