@@ -123,11 +123,11 @@ def test_a_work_folder_without_data_is_a_clear_error(tmp_path):
 def test_the_build_recipes_chain_and_read_only_the_groups_the_build_makes():
     """Each recipe of the build starts from the one before it and trains on pretokenized groups of GROUPS,
     so a fresh machine's build makes everything its stages read."""
-    from lumina_mgpt.shapes.build import RECIPES, WORK
+    from lumina_mgpt.shapes.build import DRAWN_GROUP, RECIPES, WORK
     from lumina_mgpt.training.recipe import Recipe
 
     recipes = [Recipe.from_file(path) for path in RECIPES]
-    made = {(WORK / f"tokens-{group}").resolve() for group in BUILD_GROUPS}
+    made = {(WORK / f"tokens-{group}").resolve() for group in [*BUILD_GROUPS, DRAWN_GROUP]}
     for before, recipe in zip([None, *recipes], recipes):
         if before is not None:
             assert recipe.model.path.resolve() == (before.output_dir / "final").resolve()

@@ -13,7 +13,10 @@
 6. `lumina train recipes/shapes-multitask.toml`, then `recipes/shapes-multitask-text.toml` from its final
    model, then `recipes/shapes-multitask-polish.toml` (relations and subject scenes) from that one's, then
    `recipes/shapes-multitask-canvases.toml` (pictures of every canvas) from the polish stage's,
-7. export the last stage's final model, in bf16, into the package (src/lumina_mgpt/assets/shapes-model).
+7. draw pictures with the canvases stage's final model and ask the analyzer the self-verifier's question
+   about them (shapes/drawn_verify.py), pretokenize them, and train `recipes/shapes-multitask-judge.toml`
+   on them from that model,
+8. export the last stage's final model, in bf16, into the package (src/lumina_mgpt/assets/shapes-model).
 
     python -m lumina_mgpt.shapes.build            # from the repository root; see --help
 
@@ -34,8 +37,12 @@ REPO = Path(__file__).resolve().parents[3]
 # The main recipe, then a short text stage on fresh records of the tasks that answer in words, then a
 # polish stage on relations and subject scenes, then a stage that reads pictures of every canvas.
 RECIPES = tuple(
-    REPO / "recipes" / f"shapes-multitask{stage}.toml" for stage in ("", "-text", "-polish", "-canvases")
+    REPO / "recipes" / f"shapes-multitask{stage}.toml" for stage in ("", "-text", "-polish", "-canvases", "-judge")
 )
+# Before the judge stage (the last recipe), the canvases stage's final model draws pictures that the analyzer
+# answers the self-verifier's question about (shapes/drawn_verify.py).
+DRAWN_VERIFY_COUNT = 8000
+DRAWN_GROUP = "drawn"  # data-drawn, tokens-drawn
 WORK = REPO / "runs" / "multitask"  # the recipe's paths point here
 # Records per task. Canvas tasks pretokenize at 64 (64x64, 80x48, 48x80 are its buckets), dual panels
 # at 96 (64x128 is a bucket of 96, not of 64).
@@ -200,20 +207,38 @@ def write_project_metadata(work: Path) -> None:
 
 
 def pretokenize_data(work: Path, seed: int) -> None:
+    for name, (_, target_size) in GROUPS.items():
+        pretokenize_group(work, name, target_size, seed)
+
+
+def pretokenize_group(work: Path, name: str, target_size: int, seed: int) -> None:
     from lumina_mgpt.cli import main
 
-    for name, (_, target_size) in GROUPS.items():
-        out = work / f"tokens-{name}"
-        if (out / "manifest.json").is_file():
-            continue
-        log(f"pretokenizing the {name} records at target size {target_size}")
-        code = main([
-            "pretokenize", str(work / f"data-{name}" / "records.jsonl"), "--out", str(out), "--model",
-            str(work / "assets"), "--target-size", str(target_size), "--loss-mode", "response",
-            "--center-crop", "--seed", str(seed), "--workers", str(os.cpu_count() or 1),
-        ])
-        if code:
-            raise SystemExit(code)
+    out = work / f"tokens-{name}"
+    if (out / "manifest.json").is_file():
+        return
+    log(f"pretokenizing the {name} records at target size {target_size}")
+    code = main([
+        "pretokenize", str(work / f"data-{name}" / "records.jsonl"), "--out", str(out), "--model",
+        str(work / "assets"), "--target-size", str(target_size), "--loss-mode", "response",
+        "--center-crop", "--seed", str(seed), "--workers", str(os.cpu_count() or 1),
+    ])  # fmt: skip
+    if code:
+        raise SystemExit(code)
+
+
+def draw_verify_data(work: Path, model_folder: Path, seed: int, scale: float) -> None:
+    """The judge stage's records: drawings by `model_folder`, asked about and answered by the analyzer."""
+    from lumina_mgpt.shapes.drawn_verify import write_drawn_verify_dataset
+    from lumina_mgpt.shapes.task_dataset import RECORDS_FILE
+
+    data = work / f"data-{DRAWN_GROUP}"
+    if not (data / RECORDS_FILE).is_file():
+        count = max(1, round(DRAWN_VERIFY_COUNT * scale))
+        log(f"drawing {count} pictures with {model_folder} for the self-verifier's question")
+        write_drawn_verify_dataset(data, model_folder, count, seed=seed)
+        log(f"answers: {(data / 'answers.json').read_text().strip()}")
+    pretokenize_group(work, DRAWN_GROUP, 64, seed)
 
 
 def train_model(recipe: Path, device: str | None, max_steps: int | None) -> Path:
@@ -275,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     timed("metadata", write_project_metadata, WORK)
     timed("known words", write_known_words, WORK)
     timed("pretokenize", pretokenize_data, WORK, args.seed)
+    final = None
     for recipe in RECIPES:
+        if final is not None and recipe == RECIPES[-1]:  # the judge stage reads the stage before's drawings
+            timed("draw verify data", draw_verify_data, WORK, final, args.seed, args.data_scale)
         final = timed(f"train {recipe.stem}", train_model, recipe, args.device, args.max_steps)
         if not (final / "config.json").is_file():
             break  # stopped by --max-steps: the next recipe starts from this one's final model

@@ -167,7 +167,7 @@ def format_report(work: Path, groups: Sequence[str], runs: Sequence[str], models
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lumina_mgpt.shapes.build import GROUPS, RECIPES, WORK
+    from lumina_mgpt.shapes.build import DRAWN_GROUP, GROUPS, RECIPES, WORK
     from lumina_mgpt.training.recipe import Recipe
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -177,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         runs = [Recipe.from_file(recipe).output_dir.name for recipe in RECIPES]
-        print(format_report(args.work, list(GROUPS), runs, args.model, args.rows))
+        groups = list(GROUPS)
+        if (args.work / f"tokens-{DRAWN_GROUP}").is_dir():  # drawn by the canvases stage's model, late in a build
+            groups.append(DRAWN_GROUP)
+        print(format_report(args.work, groups, runs, args.model, args.rows))
     except DataError as error:
         parser.exit(2, f"error: {error}\n")
     return 0

@@ -67,7 +67,7 @@ def write_task_dataset(
     _check_counts(counts)
     canvases = canvases_for(counts, canvases)  # refused before any record is written
     folder = Path(folder)
-    _claim_folder(folder, {"seed": int(seed), "canvases": [[int(side) for side in size] for size in canvases]})
+    claim_folder(folder, {"seed": int(seed), "canvases": [[int(side) for side in size] for size in canvases]})
     order = interleaved_order(counts)
     lines = []
     for task, index in tqdm(order, disable=not progress, desc="writing task records", unit="record"):
@@ -87,7 +87,7 @@ def write_task_dataset(
     return write_text_atomically(folder / RECORDS_FILE, "".join(lines))
 
 
-def _claim_folder(folder: Path, params: dict) -> None:
+def claim_folder(folder: Path, params: dict) -> None:
     """Record `params` in the folder, or refuse one whose images were drawn with others."""
     path = folder / PARAMS_FILE
     if path.is_file():

@@ -273,7 +273,7 @@ def _canvas(rng: np.random.Generator, canvases: Canvases) -> tuple[int, int]:
     return canvases[0] if len(canvases) == 1 else canvases[int(rng.integers(len(canvases)))]
 
 
-def _understanding_turns(question: str, answer: str) -> tuple[str, str]:
+def understanding_turns(question: str, answer: str) -> tuple[str, str]:
     return f"{question} {IMAGE_PLACEHOLDER}", answer
 
 
@@ -466,7 +466,7 @@ def _caption_record(rng: np.random.Generator, canvases: Canvases = (PANEL,)) -> 
     spec = caption_spec(rng)
     image = render(scene_from_spec(rng, spec, *_canvas(rng, canvases)))
     question = apply_case(rng, _pick(rng, CAPTION_QUESTIONS))
-    return TrainingRecord("caption", _understanding_turns(question, canonical_caption(spec)), (image,))
+    return TrainingRecord("caption", understanding_turns(question, canonical_caption(spec)), (image,))
 
 
 def _caption_item(rng: np.random.Generator, position: int, canvases: Canvases = (PANEL,)) -> EvalItem:
@@ -524,11 +524,12 @@ def _where_question(
     return scene, words, name, SEEN_ANSWER.format(caption=seen, answer=name)
 
 
-def _near_miss(
-    rng: np.random.Generator, spec: Spec, scene: Scene, drawing_mistakes: bool = False
+def near_miss(
+    rng: np.random.Generator, spec: Spec, detections: list, drawing_mistakes: bool = False
 ) -> tuple[Spec, str] | None:
-    """A spec like `spec` that the scene does not show, changed one way among those that apply
-    (None when the change drawn happens to stay true). `drawing_mistakes` adds the ways a drawing of
+    """A spec like `spec` that a picture of `detections` (its objects: analyze.detect of a drawing, or
+    scene_detections) does not show, changed one way among those that apply (None when the change drawn
+    happens to stay true). `drawing_mistakes` adds the ways a drawing of
     the spec goes wrong, which the self-verifier must notice: a count off by one, the two colors on the
     wrong objects, a relation on the other axis, a second object that is not there."""
     kinds = ["wrong_color", "wrong_shape"]
@@ -565,7 +566,7 @@ def _near_miss(
     category = "counting" if groups[0].count > 1 else spec.category
     category = "two_object" if len(groups) > len(spec.groups) else category
     changed = Spec(category, tuple(groups), relation)
-    return None if shows(scene, changed) else (changed, kind)
+    return None if score_detections(detections, changed) else (changed, kind)
 
 
 def _changed_relation(rng: np.random.Generator, relation: Relation, kind: str) -> Relation:
@@ -586,8 +587,9 @@ def _yes_no_question(
     scene = scene_from_spec(rng, spec, *canvas)
     if rng.random() < 0.5:
         return scene, spec, "yes", "yes"
+    detections = scene_detections(scene)
     for _ in range(SAMPLE_ATTEMPTS):
-        miss = _near_miss(rng, spec, scene, drawing_mistakes)
+        miss = near_miss(rng, spec, detections, drawing_mistakes)
         if miss is not None:
             changed, kind = miss
             return scene, changed, "no", kind
@@ -622,7 +624,7 @@ def _vqa_question(
 
 def _vqa_record(rng: np.random.Generator, canvases: Canvases = (PANEL,)) -> TrainingRecord:
     scene, question, _, _, response = _vqa_question(rng, lambda kind: _pick(rng, VQA_TEMPLATES[kind]), canvases)
-    return TrainingRecord("vqa", _understanding_turns(apply_case(rng, question), response), (render(scene),))
+    return TrainingRecord("vqa", understanding_turns(apply_case(rng, question), response), (render(scene),))
 
 
 def _vqa_item(rng: np.random.Generator, position: int, canvases: Canvases = (PANEL,)) -> EvalItem:
@@ -639,7 +641,7 @@ def quoted_prompt(prompt: str) -> str:
     return prompt.strip().rstrip(".!?").strip()
 
 
-def _prompt_as_quoted(rng: np.random.Generator, spec: Spec) -> str:
+def prompt_as_quoted(rng: np.random.Generator, spec: Spec) -> str:
     """A training phrasing of `spec` (no ShapesEval prompt), quoted as the self-verifier quotes a user's prompt."""
     for _ in range(SAMPLE_ATTEMPTS):
         text = quoted_prompt(phrase(spec, rng))
@@ -651,8 +653,8 @@ def _prompt_as_quoted(rng: np.random.Generator, spec: Spec) -> str:
 def _verify_record(rng: np.random.Generator, canvases: Canvases = (PANEL,)) -> TrainingRecord:
     # Users' prompts, not captions, are what the verifier asks about: the caption is phrased like one.
     scene, asked, answer, _ = _yes_no_question(rng, drawing_mistakes=True, canvas=_canvas(rng, canvases))
-    question = _pick(rng, VQA_TEMPLATES["yes_no"]).format(caption=_prompt_as_quoted(rng, asked))
-    return TrainingRecord("verify", _understanding_turns(question, answer), (render(scene),))
+    question = _pick(rng, VQA_TEMPLATES["yes_no"]).format(caption=prompt_as_quoted(rng, asked))
+    return TrainingRecord("verify", understanding_turns(question, answer), (render(scene),))
 
 
 def _verify_item(rng: np.random.Generator, position: int, canvases: Canvases = (PANEL,)) -> EvalItem:
@@ -692,7 +694,7 @@ def _relations_record(rng: np.random.Generator, canvases: Canvases = (PANEL,)) -
     scene, question, _, _, response = _relation_question(
         rng, lambda kind: _pick(rng, VQA_TEMPLATES[kind]), canvases
     )
-    return TrainingRecord("relations", _understanding_turns(apply_case(rng, question), response), (render(scene),))
+    return TrainingRecord("relations", understanding_turns(apply_case(rng, question), response), (render(scene),))
 
 
 def _relations_item(rng: np.random.Generator, position: int, canvases: Canvases = (PANEL,)) -> EvalItem:
