@@ -35,7 +35,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
 # The main recipe, then a short text stage on fresh records of the tasks that answer in words, then a
-# polish stage on relations and subject scenes, then a stage that reads pictures of every canvas.
+# polish stage on relations and subject scenes, then a stage that reads pictures of every canvas, then a
+# judge stage on the self-verifier's question about the model's own drawings.
 RECIPES = tuple(
     REPO / "recipes" / f"shapes-multitask{stage}.toml" for stage in ("", "-text", "-polish", "-canvases", "-judge")
 )

@@ -529,9 +529,9 @@ def near_miss(
 ) -> tuple[Spec, str] | None:
     """A spec like `spec` that a picture of `detections` (its objects: analyze.detect of a drawing, or
     scene_detections) does not show, changed one way among those that apply (None when the change drawn
-    happens to stay true). `drawing_mistakes` adds the ways a drawing of
-    the spec goes wrong, which the self-verifier must notice: a count off by one, the two colors on the
-    wrong objects, a relation on the other axis, a second object that is not there."""
+    happens to stay true). `drawing_mistakes` adds the ways a drawing of the spec goes wrong, which the
+    self-verifier must notice: a count off by one, the two colors on the wrong objects, a relation on the
+    other axis, a second object that is not there."""
     kinds = ["wrong_color", "wrong_shape"]
     kinds += ["wrong_count"] if len(spec.groups) == 1 else []
     kinds += ["swapped_relation"] if spec.relation is not None else []
