@@ -95,6 +95,7 @@ def test_british_spellings_are_read_the_american_way_where_the_model_knows_that_
     assert words.read("a disc coloured red") == "a disk colored red"  # "disc" is common, yet not a slip here
     assert words.read("A DISC in the Colour red") == "A DISK Color red"
     assert words.read("a grey circle") == "a circle"  # "gray" is unknown to this list: left out
+    assert words.read("a disc's colour") == "a disk's color"  # a possessive keeps its 's
 
 
 def test_the_shipped_spelling_map_is_british_to_american_and_loads_with_the_embedded_model():

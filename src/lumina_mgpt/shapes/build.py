@@ -228,16 +228,20 @@ def pretokenize_group(work: Path, name: str, target_size: int, seed: int) -> Non
         raise SystemExit(code)
 
 
-def draw_verify_data(work: Path, model_folder: Path, seed: int, scale: float) -> None:
-    """The judge stage's records: drawings by `model_folder`, asked about and answered by the analyzer."""
+def draw_verify_data(work: Path, model_folder: Path, seed: int, scale: float, device: str | None) -> None:
+    """The judge stage's records: drawings by `model_folder`, asked about and answered by the analyzer (not
+    made again once the judge stage has finished)."""
     from lumina_mgpt.shapes.drawn_verify import write_drawn_verify_dataset
     from lumina_mgpt.shapes.task_dataset import RECORDS_FILE
+    from lumina_mgpt.training.recipe import Recipe
 
+    if (Recipe.from_file(RECIPES[-1]).output_dir / "final" / "config.json").is_file():
+        return
     data = work / f"data-{DRAWN_GROUP}"
     if not (data / RECORDS_FILE).is_file():
         count = max(1, round(DRAWN_VERIFY_COUNT * scale))
         log(f"drawing {count} pictures with {model_folder} for the self-verifier's question")
-        write_drawn_verify_dataset(data, model_folder, count, seed=seed)
+        write_drawn_verify_dataset(data, model_folder, count, seed=seed, device=device)
         log(f"answers: {(data / 'answers.json').read_text().strip()}")
     pretokenize_group(work, DRAWN_GROUP, 64, seed)
 
@@ -304,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     final = None
     for recipe in RECIPES:
         if final is not None and recipe == RECIPES[-1]:  # the judge stage reads the stage before's drawings
-            timed("draw verify data", draw_verify_data, WORK, final, args.seed, args.data_scale)
+            timed("draw verify data", draw_verify_data, WORK, final, args.seed, args.data_scale, args.device)
         final = timed(f"train {recipe.stem}", train_model, recipe, args.device, args.max_steps)
         if not (final / "config.json").is_file():
             break  # stopped by --max-steps: the next recipe starts from this one's final model

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runs = [Recipe.from_file(recipe).output_dir.name for recipe in RECIPES]
         groups = list(GROUPS)
-        if (args.work / f"tokens-{DRAWN_GROUP}").is_dir():  # drawn by the canvases stage's model, late in a build
+        if (args.work / f"tokens-{DRAWN_GROUP}" / "manifest.json").is_file():  # drawn late in a build
             groups.append(DRAWN_GROUP)
         print(format_report(args.work, groups, runs, args.model, args.rows))
     except DataError as error:

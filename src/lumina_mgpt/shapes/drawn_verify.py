@@ -15,6 +15,7 @@ records) and resumes the same way: drawings already on disk are kept, and the re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -65,15 +66,30 @@ def _drawing_name(index: int) -> str:
     return f"{DRAWINGS}/{index:07d}.png"
 
 
+def model_fingerprint(model: str | os.PathLike) -> str:
+    """The sha256 of a model folder's config.json and weights: which model drew a folder's pictures, wherever
+    the folder lies."""
+    folder = Path(model)
+    files = [folder / "config.json", *sorted(folder.glob("*.safetensors"))]
+    if not all(path.is_file() for path in files) or len(files) < 2:
+        raise DataError(f"{folder} is not a model folder with config.json and *.safetensors weights")
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as file:
+            for block in iter(lambda file=file: file.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def draw_missing(folder: Path, model: str | os.PathLike, plans: list[PlannedDrawing], seed: int,
-                 batch_size: int, progress: bool) -> None:  # fmt: skip
+                 batch_size: int, progress: bool, device: str | None) -> None:  # fmt: skip
     """Draw every planned drawing not yet on disk with the model's defaults, drawing k with seed + k."""
     missing = [k for k in range(len(plans)) if not (folder / _drawing_name(k)).is_file()]
     if not missing:
         return
     from lumina_mgpt.generation.pipeline import Pipeline
 
-    pipe = Pipeline.from_pretrained(model)
+    pipe = Pipeline.from_pretrained(model, device=device)
     by_canvas: dict[tuple[int, int], list[int]] = {}
     for k in missing:
         by_canvas.setdefault((plans[k].width, plans[k].height), []).append(k)
@@ -116,16 +132,18 @@ def write_drawn_verify_dataset(
     seed: int,
     batch_size: int = 32,
     progress: bool = True,
+    device: str | None = None,
 ) -> Path:
     """Draw `count` pictures with `model` into folder/images/drawn and write their verify records (two
-    questions a drawing) to folder/records.jsonl, and the count of each answer to folder/answers.json. Resumable.
-    A folder begun with another seed or model is refused. Returns the records file."""
+    questions a drawing) to folder/records.jsonl, and the count of each answer to folder/answers.json, drawing
+    on `device` (default: the Pipeline's). Resumable; a folder begun with another seed or another model (its
+    weights' fingerprint) is refused. Returns the records file."""
     if not isinstance(count, int) or count < 1:
         raise DataError(f"count of drawings is {count!r}; accepted: a whole number of at least 1")
     folder = Path(folder)
-    claim_folder(folder, {"seed": int(seed), "model": str(model)})
+    claim_folder(folder, {"seed": int(seed), "model_sha256": model_fingerprint(model)})
     plans = [planned_drawing(seed, k) for k in range(count)]
-    draw_missing(folder, model, plans, seed, batch_size, progress)
+    draw_missing(folder, model, plans, seed, batch_size, progress, device)
     lines = []
     answers = {"yes": 0, "no": 0}
     for k, plan in enumerate(tqdm(plans, disable=not progress, desc="asking the analyzer", unit="drawing")):

@@ -41,11 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lumina_mgpt.atomic import write_text_atomically
+from lumina_mgpt.errors import DataError
 
 PROMPT_WORDS_FILE = "prompt_words.txt"
 COMMON_WORDS_FILE = Path(__file__).with_name("common_words.txt")
 AMERICAN_SPELLINGS_FILE = Path(__file__).with_name("american_spellings.tsv")
 MIN_LENGTH = 4
+MIN_SPELLINGS = 1000  # a spelling map with fewer pairs is not Whisper's
 WORD = re.compile(r"[^\W\d_]+(?:['\u2019][^\W\d_]+)*")  # letters of any script; "i'd" is one word
 POSSESSIVE = re.compile(r"['\u2019]s$")
 STRAY_HYPHEN = re.compile(r"(?<![^\W\d_])-|-(?![^\W\d_])")  # left by a word left out: "orange-"
@@ -90,7 +92,7 @@ class KnownWords:
 
     known: frozenset[str]
     common: frozenset[str]
-    american: Mapping[str, str] = field(default_factory=dict)
+    american: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> KnownWords | None:
@@ -126,15 +128,18 @@ class KnownWords:
         lower = word.lower()
         if self.knows(lower):
             return word
-        american = self.american.get(lower)
+        possessive = POSSESSIVE.search(word)
+        stem = word[: possessive.start()] if possessive else word
+        american = self.american.get(stem.lower())
         if american is not None and self.knows(american):
-            return _same_case(american, word)
+            return _same_case(american, stem) + (possessive.group() if possessive else "")
         replacement = self.correction(lower)
         return "" if replacement is None else _same_case(replacement, word)
 
     def read(self, text: str) -> str:
-        """`text` as the model reads it: known words as written, British spellings made American, slips corrected, other words left out (then
-        spaces tidied). A text with every word known, or with none, is returned as written."""
+        """`text` as the model reads it: known words as written, British spellings made American, slips
+        corrected, other words left out (then spaces tidied). A text with every word known, or with none, is
+        returned as written."""
         changed = WORD.sub(lambda m: self._word_as_read(m.group()), text)
         if changed == text:
             return text
@@ -182,8 +187,18 @@ def write_common_words(prompt_words_file: Path, min_zipf: float = 3.0) -> None:
 def write_american_spellings(whisper_english_json: Path) -> None:
     """Rewrite AMERICAN_SPELLINGS_FILE from OpenAI Whisper's `whisper/normalizers/english.json`, keeping the
     pairs of two single words (it has two others: "flyer / flier" and a stray "</span>")."""
-    pairs = json.loads(whisper_english_json.read_text(encoding="utf-8")).items()
-    spellings = {british: american for british, american in pairs if british.isalpha() and american.isalpha()}
+    try:
+        pairs = json.loads(whisper_english_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read {whisper_english_json} as JSON: {error}") from error
+    if not isinstance(pairs, dict) or not all(isinstance(v, str) for v in pairs.values()):
+        raise DataError(f"{whisper_english_json} is not a JSON object of spellings (British word -> American word)")
+    spellings = {british: american for british, american in pairs.items() if british.isalpha() and american.isalpha()}
+    if len(spellings) < MIN_SPELLINGS:
+        raise DataError(
+            f"{whisper_english_json} holds {len(spellings)} pairs of single words; Whisper's english.json holds "
+            f"about 1,700: is it the right file?"
+        )
     header = (
         "# British spelling<TAB>American spelling: OpenAI Whisper's whisper/normalizers/english.json (MIT,\n"
         "# Copyright (c) 2022 OpenAI; see docs/THIRD_PARTY.md). Written by\n"
@@ -212,8 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --write-common-words, --write-american-spellings or both")
     if args.write_common_words is not None:
         write_common_words(args.write_common_words)
-    if args.write_american_spellings is not None:
-        write_american_spellings(args.write_american_spellings)
+    try:
+        if args.write_american_spellings is not None:
+            write_american_spellings(args.write_american_spellings)
+    except DataError as error:
+        parser.error(str(error))
     return 0
 
 
