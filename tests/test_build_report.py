@@ -145,3 +145,42 @@ def test_groups_drawn_on_every_canvas_hold_only_tasks_that_read_pictures():
     for group in EVERY_CANVAS_GROUPS:
         counts, target_size = BUILD_GROUPS[group]
         assert set(counts) <= set(READING_TASKS) and target_size == 64  # 80x48 and 48x80 are buckets of 64
+
+
+def test_the_build_draws_the_judge_stages_pictures_with_the_stage_before_it_then_trains_and_exports(
+    tmp_path, monkeypatch
+):
+    """build.main's order, every step stubbed: the drawings come from the canvases stage's final model, after
+    that stage and before the judge recipe; the judge stage's final is exported; --max-steps stops early."""
+    from lumina_mgpt import model_folder
+    from lumina_mgpt.shapes import build
+
+    calls = []
+    for step in ("render_data", "train_text_tokenizer", "train_image_tokenizer", "write_project_metadata",
+                 "write_known_words", "pretokenize_data"):  # fmt: skip
+        monkeypatch.setattr(build, step, lambda *args, step=step: calls.append((step,)))
+    runs = {"folder": tmp_path / "whole", "finished": True}
+
+    def train_model(recipe, device, max_steps):
+        final = runs["folder"] / recipe.stem / "final"
+        final.mkdir(parents=True, exist_ok=True)
+        if runs["finished"]:
+            (final / "config.json").write_text("{}")
+        calls.append(("train", recipe.stem))
+        return final
+
+    monkeypatch.setattr(build, "train_model", train_model)
+    monkeypatch.setattr(build, "draw_verify_data", lambda work, final, *rest: calls.append(("draw", final.parent.name)))
+    monkeypatch.setattr(build, "export", lambda final, destination: calls.append(("export", final.parent.name)))
+    monkeypatch.setattr(build, "WORK", tmp_path)
+    monkeypatch.setattr(model_folder, "EMBEDDED_MODEL", tmp_path / "package")
+    assert build.main([]) == 0
+    trained = [call for call in calls if call[0] in ("train", "draw", "export")]
+    stems = [recipe.stem for recipe in build.RECIPES]
+    assert trained == [
+        *[("train", stem) for stem in stems[:-1]], ("draw", stems[-2]), ("train", stems[-1]), ("export", stems[-1])
+    ]
+    calls.clear()
+    runs.update(folder=tmp_path / "stopped", finished=False)  # --max-steps stopped the first recipe: nothing after it
+    assert build.main(["--max-steps", "5"]) == 0
+    assert [call for call in calls if call[0] in ("train", "draw", "export")] == [("train", stems[0])]
