@@ -30,9 +30,8 @@ from lumina_mgpt.errors import DataError
 from lumina_mgpt.shapes.analyze import detect, score_detections
 from lumina_mgpt.shapes.captions import sample_spec
 from lumina_mgpt.shapes.spec import Spec
-from lumina_mgpt.shapes.task_dataset import RECORDS_FILE, claim_folder
+from lumina_mgpt.shapes.task_dataset import RECORDS_FILE, claim_folder, record_line
 from lumina_mgpt.shapes.tasks import (
-    SAMPLE_ATTEMPTS,
     VERIFY_CATEGORIES,
     VQA_TEMPLATES,
     near_miss,
@@ -112,11 +111,9 @@ def drawing_questions(seed: int, index: int, plan: PlannedDrawing, image: Image.
     rng = np.random.default_rng([seed, index, 1])
     detections = detect(image)
     asked: list[tuple[Spec, str]] = [(plan.spec, plan.prompt)]
-    for _ in range(SAMPLE_ATTEMPTS):
-        miss = near_miss(rng, plan.spec, detections, drawing_mistakes=True)
-        if miss is not None:
-            asked.append((miss[0], prompt_as_quoted(rng, miss[0])))
-            break
+    miss = near_miss(rng, plan.spec, detections, drawing_mistakes=True)
+    if miss is not None:
+        asked.append((miss[0], prompt_as_quoted(rng, miss[0])))
     templates = VQA_TEMPLATES["yes_no"]
     return [
         (templates[int(rng.integers(len(templates)))].format(caption=text),
@@ -151,8 +148,6 @@ def write_drawn_verify_dataset(
             questions = drawing_questions(seed, k, plan, image.convert("RGB"))
         for question, answer in questions:
             answers[answer] += 1
-            human, gpt = understanding_turns(question, answer)
-            conversation = [{"from": "human", "value": human}, {"from": "gpt", "value": gpt}]
-            lines.append(json.dumps({"conversations": conversation, "image": [_drawing_name(k)], "task": TASK}) + "\n")
+            lines.append(record_line(TASK, understanding_turns(question, answer), [_drawing_name(k)]))
     write_text_atomically(folder / "answers.json", json.dumps(answers) + "\n")
     return write_text_atomically(folder / RECORDS_FILE, "".join(lines))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -78,13 +78,18 @@ def write_task_dataset(
             if not (folder / name).is_file():
                 write_atomically(folder / name, lambda temp, image=image: image.save(temp, format="PNG"))
             names.append(name)
-        roles = ("human", "gpt")
-        line = {"conversations": [{"from": roles[i % 2], "value": turn} for i, turn in enumerate(record.turns)]}
-        if names:
-            line["image"] = names
-        line["task"] = task
-        lines.append(json.dumps(line) + "\n")
+        lines.append(record_line(task, record.turns, names))
     return write_text_atomically(folder / RECORDS_FILE, "".join(lines))
+
+
+def record_line(task: str, turns: Sequence[str], image_names: Sequence[str]) -> str:
+    """One line of a records file: the turns (human first, alternating), the images' paths, the task."""
+    roles = ("human", "gpt")
+    line: dict = {"conversations": [{"from": roles[i % 2], "value": turn} for i, turn in enumerate(turns)]}
+    if image_names:
+        line["image"] = list(image_names)
+    line["task"] = task
+    return json.dumps(line) + "\n"
 
 
 def claim_folder(folder: Path, params: dict) -> None:

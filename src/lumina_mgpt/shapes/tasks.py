@@ -527,11 +527,21 @@ def _where_question(
 def near_miss(
     rng: np.random.Generator, spec: Spec, detections: list, drawing_mistakes: bool = False
 ) -> tuple[Spec, str] | None:
-    """A spec like `spec` that a picture of `detections` (its objects: analyze.detect of a drawing, or
-    scene_detections) does not show, changed one way among those that apply (None when the change drawn
-    happens to stay true). `drawing_mistakes` adds the ways a drawing of the spec goes wrong, which the
-    self-verifier must notice: a count off by one, the two colors on the wrong objects, a relation on the
-    other axis, a second object that is not there."""
+    """(a spec like `spec` that a picture of `detections` does not show, how it was changed), or None when
+    SAMPLE_ATTEMPTS changes drawn all happen to stay true. `detections`: the picture's objects, analyze.detect
+    of a drawing or scene_detections of a scene. Each try changes the spec one way among those that apply;
+    `drawing_mistakes` adds the ways a drawing of the spec goes wrong, which the self-verifier must notice: a
+    count off by one, the two colors on the wrong objects, a relation on the other axis, a second object that
+    is not there."""
+    for _ in range(SAMPLE_ATTEMPTS):
+        changed, kind = _changed_spec(rng, spec, drawing_mistakes)
+        if not score_detections(detections, changed):
+            return changed, kind
+    return None
+
+
+def _changed_spec(rng: np.random.Generator, spec: Spec, drawing_mistakes: bool) -> tuple[Spec, str]:
+    """`spec` changed one way among those that apply (see near_miss), and the way's name."""
     kinds = ["wrong_color", "wrong_shape"]
     kinds += ["wrong_count"] if len(spec.groups) == 1 else []
     kinds += ["swapped_relation"] if spec.relation is not None else []
@@ -565,8 +575,7 @@ def near_miss(
         groups.append(ObjectGroup(shape, _pick(rng, list(COLORS)) if group.color else None))
     category = "counting" if groups[0].count > 1 else spec.category
     category = "two_object" if len(groups) > len(spec.groups) else category
-    changed = Spec(category, tuple(groups), relation)
-    return None if score_detections(detections, changed) else (changed, kind)
+    return Spec(category, tuple(groups), relation), kind
 
 
 def _changed_relation(rng: np.random.Generator, relation: Relation, kind: str) -> Relation:
@@ -587,13 +596,11 @@ def _yes_no_question(
     scene = scene_from_spec(rng, spec, *canvas)
     if rng.random() < 0.5:
         return scene, spec, "yes", "yes"
-    detections = scene_detections(scene)
-    for _ in range(SAMPLE_ATTEMPTS):
-        miss = near_miss(rng, spec, detections, drawing_mistakes)
-        if miss is not None:
-            changed, kind = miss
-            return scene, changed, "no", kind
-    raise DataError(f"no near-miss caption found for {spec}")
+    miss = near_miss(rng, spec, scene_detections(scene), drawing_mistakes)
+    if miss is None:
+        raise DataError(f"no near-miss caption found for {spec}")
+    changed, kind = miss
+    return scene, changed, "no", kind
 
 
 def _vqa_question(
