@@ -25,7 +25,9 @@ from lumina_mgpt.shapes.phrasing import (
     SHAPE_NOUNS,
     distractor,
     edit_instruction,
+    listed,
     phrase,
+    written_request,
 )
 from lumina_mgpt.shapes.prompts import normalize_caption
 from lumina_mgpt.shapes.spec import CATEGORIES, COLORS, ObjectGroup, Relation, Spec
@@ -112,6 +114,33 @@ def test_training_phrasing_is_deterministic_and_varied():
     assert any(canonical in first for canonical in {describe(spec, np.random.default_rng(i)) for i in range(40)})
 
 
+def test_requests_jotted_as_lists_or_in_context_name_every_object_and_the_right_relation(monkeypatch):
+    monkeypatch.setattr(phrasing, "TYPO_SHARE", 0.0)
+    rng = np.random.default_rng(12)
+    texts = []
+    for spec in _specs(1500, seed=6):
+        text = written_request(spec, rng)
+        texts.append(text)
+        words = set(re.findall(r"[a-z]+|[0-9]+", text.lower()))  # "4x squares": 4
+        for group in spec.groups:
+            if group.color:
+                assert group.color in words, text
+            nouns = {word for pair in SHAPE_NOUNS[group.shape] for noun in pair for word in noun.split()}
+            assert words & nouns, text
+            if group.count > 1:
+                assert words & {str(group.count), phrasing.NUMBER_WORDS[group.count]}, text
+        if spec.relation is not None:
+            assert words & RELATION_WORDS[spec.relation.name], text
+            assert not words & RELATION_WORDS[OPPOSITE[spec.relation.name]], text
+    joined = "\n".join(texts).lower()
+    for feature in (" / ", " | ", "; ", "shapes: ", " x2", "(3)", "for a logo:", "on a white background", "position: "):
+        assert feature in joined, feature
+    share = sum(any(opener in t.lower() for opener in phrasing.CONTEXT_OPENERS) for t in texts) / len(texts)
+    assert 0.1 < share < 0.4
+    spec = Spec("counting", (ObjectGroup("circle", "red", 2, exact=True),))
+    assert {listed(spec, np.random.default_rng(i)) for i in range(200)} >= {"2 red circles", "red circles x2"}
+
+
 def test_numerals_and_number_words_both_count():
     spec = Spec("counting", (ObjectGroup("square", "green", 3, exact=True),))
     words = set().union(*(_words(phrase(spec, np.random.default_rng(i))) for i in range(300)))
@@ -174,7 +203,7 @@ def test_heldout_styles_are_never_produced_by_the_training_generator():
     training = set()
     for number, spec in enumerate(specs):
         rng = np.random.default_rng([9, number])
-        training.update(normalize_caption(phrase(spec, rng)) for _ in range(300))
+        training.update(normalize_caption(write(spec, rng)) for _ in range(150) for write in (phrase, written_request))
     assert len(HELDOUT_STYLES) >= 6
     produced = {style: 0 for style in HELDOUT_STYLES}
     for number, spec in enumerate(specs):
@@ -213,8 +242,11 @@ def test_distractor_words_name_nothing_and_none_is_a_word_of_the_heldout_styles(
     assert len(made_up) > 1000 and len(set(made_up)) > 900
     assert not any(content in word for word in made_up for content in CONTENT_WORDS)
     heldout_words = ("render", "colour", "disc", "objects", "layout", "should", "further", "higher", "like to see",
-                     "for me", "which has", "scene", "imagin", "picture ", "thank", "could")  # fmt: skip
+                     "for me", "which has", "scene", "imagin", "picture ", "thank", "could", "produce", "appreciat",
+                     "able to", "can i get", "- ")  # fmt: skip
     assert not any(marker in word for word in NEUTRAL_WORDS for marker in heldout_words)
+    jotted = (*phrasing.LIST_HEADERS, *phrasing.LIST_RELATION_HEADERS, *phrasing.CONTEXT_OPENERS, *phrasing.CONTEXT_CLOSERS)
+    assert not any(marker in text for text in jotted for marker in heldout_words if marker != "- ")
     assert not any(content in word.split() for word in NEUTRAL_WORDS for content in CONTENT_WORDS)
     prompts = [phrase(spec, np.random.default_rng([3, n])) for n, spec in enumerate(_specs(400, seed=2))]
     wrapped = [p for p in prompts if any(p.lower().strip().startswith(w + " ") or p.lower().strip().endswith(" " + w)

@@ -34,9 +34,12 @@ from lumina_mgpt.shapes.tasks import (
     caption_spec,
     eval_item,
     eval_items,
+    read_request_record,
     shows,
     training_record,
 )
+from lumina_mgpt.model_folder import EMBEDDED_MODEL
+from lumina_mgpt.text.known_words import KnownWords
 from lumina_mgpt.shapes.world import CANVAS_SIZES, render, scene_from_spec
 
 # 64x64 pictures (the held-out items, the first stages' records), or pictures of every canvas
@@ -321,6 +324,45 @@ def test_a_data_set_begun_with_another_seed_or_other_canvases_is_not_resumed(tmp
         with pytest.raises(DataError, match="resuming would pair its images with other records"):
             write_task_dataset(tmp_path, counts, seed=seed, progress=False, canvases=canvases)
     write_task_dataset(tmp_path, {"vqa": 3, "caption": 1}, seed=7, progress=False)  # more records: resumed
+
+
+SHIPPED_WORDS = KnownWords.from_folder(EMBEDDED_MODEL)
+
+
+def test_request_records_are_requests_as_the_model_reads_them_with_canonical_answers_and_matching_pictures():
+    prefix = "according to the following prompt:\n"
+    read_lists = 0
+    for index in range(200):
+        record = read_request_record("rewrite", 3, index, SHIPPED_WORDS.read)
+        assert record == read_request_record("rewrite", 3, index, SHIPPED_WORDS.read)
+        request, answer = record.turns
+        request = request.removeprefix(REWRITE_INSTRUCTION.format(request=""))
+        assert parse_caption(answer) is not None and not is_held_out(request)
+        assert SHIPPED_WORDS.read(request) == request  # already read: every word is known
+        assert all(SHIPPED_WORDS.knows(word.lower()) for word in re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", request))
+        read_lists += bool(re.search(r"[;|/]", request))
+    assert read_lists > 5  # lists of two groups kept their separators
+    for index in range(40):
+        record = read_request_record("text_to_image", 3, index, SHIPPED_WORDS.read)
+        prompt = record.turns[0].split(prefix, 1)[1]
+        assert SHIPPED_WORDS.read(prompt) == prompt and record.images[0].size in CANVAS_SIZES
+    as_written = read_request_record("rewrite", 3, 0, str)
+    assert as_written.turns[1] == read_request_record("rewrite", 3, 0, SHIPPED_WORDS.read).turns[1]
+    with pytest.raises(DataError, match="accepted: text_to_image, rewrite"):
+        read_request_record("caption", 3, 0, str)
+
+
+def test_a_requests_data_set_is_claimed_by_its_known_words_and_holds_request_tasks_only(tmp_path):
+    counts = {"rewrite": 4, "text_to_image": 2}
+    records = write_task_dataset(tmp_path, counts, seed=2, progress=False, known_words=SHIPPED_WORDS)
+    lines = [json.loads(line) for line in records.read_text().splitlines()]
+    assert Counter(line["task"] for line in lines) == counts
+    assert json.loads((tmp_path / "params.json").read_text())["known_words_sha256"] == SHIPPED_WORDS.fingerprint()
+    other = replace(SHIPPED_WORDS, known=SHIPPED_WORDS.known | {"hexagon"})
+    with pytest.raises(DataError, match="resuming would pair its images with other records"):
+        write_task_dataset(tmp_path, counts, seed=2, progress=False, known_words=other)
+    with pytest.raises(DataError, match="not caption"):
+        write_task_dataset(tmp_path / "b", {"caption": 1}, seed=2, progress=False, known_words=SHIPPED_WORDS)
 
 
 def test_a_complete_caption_shows_what_the_analyzer_sees_in_its_exact_scene():

@@ -276,6 +276,88 @@ def phrase(spec: Spec, rng: np.random.Generator) -> str:
     return _finish(rng, text)
 
 
+# --- requests jotted as lists or set in context (the requests stage) -------------------------------
+# Written after the phrase() styles had trained the first stages (whose records stay as they were): people
+# also jot a request down as a list ("shapes: 2 red circles / 1 box") and wrap it in words about the
+# background, the style or the purpose ("for a logo: ..., centered on a white background"). None of these
+# templates is a held-out one (heldout_phrasing.py); tests/test_shapes_phrasing.py checks it.
+LIST_SHARE = 0.3
+CONTEXT_SHARE = 0.35
+LIST_HEADERS = ("", "", "", "shapes: ", "items: ", "contents: ", "draw: ", "needed: ", "elements: ", "list: ",
+                "to draw: ", "shapes wanted: ", "parts: ")  # fmt: skip
+LIST_SEPARATORS = ("; ", " / ", " | ", ", ", " + ", " & ", " - ", " ; ", ", plus ")
+LIST_RELATION_HEADERS = ("", "", "position: ", "arrangement: ", "placement: ", "where: ", "positions: ")
+# {n}: the count as a numeral or a word (a numeral beside "x"), {name}: the shape named with its color (plural
+# where n > 1).
+LIST_ITEMS = ("{n} {name}", "{n} {name}", "{name} x{n}", "{n}x {name}", "{name} ({n})", "{name}: {n}")
+CONTEXT_OPENERS = (
+    "on a white background,", "on a plain background:", "simple flat shapes:", "for a logo:", "for a kids' book,",
+    "here is my idea:", "my idea:", "concept:", "the design:", "keep it simple:", "minimal style:",
+    "i need an illustration with", "i'm thinking of", "what i have in mind is", "the image i want shows",
+    "a minimal poster with", "a clean flat graphic of", "an icon showing", "a simple diagram with",
+    "on an empty canvas,", "in a cartoon style,", "for the cover page:", "use flat colors.",
+)  # fmt: skip
+CONTEXT_CLOSERS = (
+    ", on a white background", " on a plain background", ", nothing more", ", no other shapes",
+    " and no other shapes", ", centered", " in a flat style", ", flat colors", " with a blank background",
+    ", keep the background empty", ". the background is white", ". keep it minimal", ", simple and clean",
+    " for my presentation", ", in the middle of the frame", ". that's all", ", only these", " on an empty canvas",
+    ", drawn simply", ". no text", ", with a gray backdrop", ". make it look clean",
+)  # fmt: skip
+
+
+def _list_item(rng: np.random.Generator, group: ObjectGroup) -> str:
+    nouns = SHAPE_NOUNS[group.shape]
+    singular, plural = nouns[0] if rng.random() < OWN_NOUN_SHARE else nouns[int(rng.integers(1, len(nouns)))]
+    noun = singular if group.count == 1 else plural
+    name = noun if group.color is None else _pick(rng, (f"{group.color} {noun}",) * 3 + (f"{noun} in {group.color}",))
+    if group.count == 1 and rng.random() < 0.4:
+        return f"{_article(name)} {name}"
+    template = _pick(rng, LIST_ITEMS)
+    number = str(group.count) if "x" in template else _pick(rng, (NUMBER_WORDS[group.count], str(group.count)))
+    return template.format(n=number, name=name)
+
+
+def listed(spec: Spec, rng: np.random.Generator) -> str:
+    """'shapes: 2 red circles / 1 square', and for a relation '; position: red circle left of square'."""
+    separator = _pick(rng, LIST_SEPARATORS)
+    text = _pick(rng, LIST_HEADERS) + separator.join(_list_item(rng, group) for group in spec.groups)
+    relation = spec.relation
+    if relation is not None:
+        subject = varied_noun_phrase(rng, spec.groups[relation.subject])
+        reference = varied_noun_phrase(rng, spec.groups[relation.reference])
+        if rng.random() < 0.5:  # "red circle left of square": the names without their articles
+            subject, reference = (name.split(" ", 1)[1] if name.startswith(("a ", "an ")) else name
+                                  for name in (subject, reference))  # fmt: skip
+        where = f"{subject} {_pick(rng, SUBJECT_FIRST_RELATIONS[relation.name])} {reference}"
+        text += _pick(rng, ("; ", ". ", ", ", separator)) + _pick(rng, LIST_RELATION_HEADERS) + where
+    return text
+
+
+def in_context(spec: Spec, rng: np.random.Generator) -> str:
+    """The request between words about its background, style or purpose: an opener, a closer or both."""
+    content, standalone = _content(rng, spec)
+    if not standalone and rng.random() < 0.5:
+        content = _pick(rng, FRAMES).format(text=content)
+    where = int(rng.integers(3))
+    opener = f"{_pick(rng, CONTEXT_OPENERS)} " if where != 1 else ""
+    closer = _pick(rng, CONTEXT_CLOSERS) if where != 0 else ""
+    return opener + content + closer
+
+
+def written_request(spec: Spec, rng: np.random.Generator) -> str:
+    """A request for `spec` in any training style: a list, a request in context, or one of `phrase`'s."""
+    draw = rng.random()
+    if draw < LIST_SHARE:
+        return _finish(rng, listed(spec, rng))
+    if draw < LIST_SHARE + CONTEXT_SHARE:
+        text = in_context(spec, rng)
+        if rng.random() < DISTRACTOR_SHARE:
+            text = add_distractors(rng, text)
+        return _finish(rng, text)
+    return phrase(spec, rng)
+
+
 # --- edit instructions ---------------------------------------------------------------------------
 EDIT_TEMPLATES: dict[str, tuple[str, ...]] = {
     "recolor": (

@@ -23,7 +23,16 @@ from tqdm.auto import tqdm
 
 from lumina_mgpt.atomic import write_atomically, write_text_atomically
 from lumina_mgpt.errors import DataError
-from lumina_mgpt.shapes.tasks import PANEL, TASK_NAMES, Canvases, canvases_for, training_record
+from lumina_mgpt.shapes.tasks import (
+    PANEL,
+    REQUEST_TASKS,
+    TASK_NAMES,
+    Canvases,
+    canvases_for,
+    read_request_record,
+    training_record,
+)
+from lumina_mgpt.text.known_words import KnownWords
 
 RECORDS_FILE = "records.jsonl"
 # What the images on disk were drawn with: a resumed run must draw with the same, or it would pair old
@@ -55,9 +64,12 @@ def write_task_dataset(
     seed: int,
     progress: bool = True,
     canvases: Canvases = (PANEL,),
+    known_words: KnownWords | None = None,
 ) -> Path:
     """Write `counts[task]` training records of each task into folder/images and folder/records.jsonl;
     `canvases`: those the pictures of understanding tasks are drawn on (`tasks.training_record`).
+    With `known_words`, the records are the requests stage's (`tasks.read_request_record`: requests in
+    every training style, as a model with these known words reads them; REQUEST_TASKS only).
 
     Deterministic for (counts, seed, canvases): record i of a task is the same whatever the other counts.
     Resumable: images already on disk are kept, and the records file is written last, atomically,
@@ -67,11 +79,19 @@ def write_task_dataset(
     _check_counts(counts)
     canvases = canvases_for(counts, canvases)  # refused before any record is written
     folder = Path(folder)
-    claim_folder(folder, {"seed": int(seed), "canvases": [[int(side) for side in size] for size in canvases]})
+    params = {"seed": int(seed), "canvases": [[int(side) for side in size] for size in canvases]}
+    if known_words is not None:
+        if unread := sorted(set(counts) - set(REQUEST_TASKS)):
+            raise DataError(f"requests as read are {', '.join(REQUEST_TASKS)} records only, not {', '.join(unread)}")
+        params["known_words_sha256"] = known_words.fingerprint()
+    claim_folder(folder, params)
     order = interleaved_order(counts)
     lines = []
     for task, index in tqdm(order, disable=not progress, desc="writing task records", unit="record"):
-        record = training_record(task, seed, index, canvases)
+        if known_words is None:
+            record = training_record(task, seed, index, canvases)
+        else:
+            record = read_request_record(task, seed, index, known_words.read)
         names = []
         for number, image in enumerate(record.images):
             name = f"images/{task}/{index:07d}-{number}.png"

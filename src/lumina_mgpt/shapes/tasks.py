@@ -55,7 +55,7 @@ from lumina_mgpt.shapes.dual_panel import (
     stack_panels,
     subject_scenes,
 )
-from lumina_mgpt.shapes.phrasing import apply_case, edit_instruction, phrase
+from lumina_mgpt.shapes.phrasing import apply_case, edit_instruction, phrase, written_request
 from lumina_mgpt.shapes.prompts import is_held_out
 from lumina_mgpt.shapes.spec import CATEGORIES, COLORS, SHAPES, ObjectGroup, Relation, Spec
 from lumina_mgpt.shapes.world import CANVAS_SIZES, Scene, place_objects, render, scene_from_spec
@@ -79,6 +79,7 @@ TASK_NAMES: tuple[str, ...] = (
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 # The tasks that read a picture the user gives: their records may show it on any canvas of CANVAS_SIZES.
 READING_TASKS = ("caption", "vqa", "verify", "relations")
+REQUEST_TASKS = ("text_to_image", "rewrite")  # the tasks whose prompt is a request as people write it
 PANEL = (64, 64)  # (width, height) of each half of a dual panel, and of understanding images by default
 DUAL_PANEL = (PANEL[0], 2 * PANEL[1])
 # The user turn of rewriting; the answer is the request's canonical caption (captions.canonical_caption).
@@ -228,6 +229,17 @@ def training_record(task: str, seed: int, index: int, canvases: Canvases = (PANE
     return sampler.sample_record(rng) if canvases == (PANEL,) else sampler.sample_record(rng, canvases)
 
 
+def read_request_record(task: str, seed: int, index: int, read: Callable[[str], str]) -> TrainingRecord:
+    """Record `index` of text_to_image or rewrite (REQUEST_TASKS) for `seed`, its prompt written by
+    `phrasing.written_request` (lists and requests in context besides `phrase`'s styles) and read by `read` as
+    the model will read it (`KnownWords.read`): the requests stage's records. The prompt a model hears is its
+    reading of the request, so it trains on the leftovers of a long request ("..., with a") that it meets."""
+    if task not in REQUEST_TASKS:
+        raise DataError(f"task {task!r} has no request records; accepted: {', '.join(REQUEST_TASKS)}")
+    sampler = _text_to_image_record if task == "text_to_image" else _rewrite_record
+    return sampler(task_rng(task, seed, index, TRAIN_STREAM), written_request, read)
+
+
 def eval_item(task: str, seed: int, index: int, canvases: Canvases = (PANEL,)) -> EvalItem:
     """Evaluation item `index` of `task` for `seed`, from a stream disjoint from training; `canvases` as in
     `training_record` (the held-out items of `lumina eval tasks` are the default's)."""
@@ -284,18 +296,26 @@ def _dual_panel_turns(prompt: str) -> tuple[str, str]:
 # --- text to image and rewriting -------------------------------------------------------------------
 
 
-def _training_prompt(rng: np.random.Generator) -> tuple[Spec, str]:
-    """A spec of a random category and a training phrasing of it that is no ShapesEval prompt."""
+def _as_written(text: str) -> str:
+    return text
+
+
+def _training_prompt(
+    rng: np.random.Generator, write: Callable[[Spec, np.random.Generator], str] = phrase,
+    read: Callable[[str], str] = _as_written,
+) -> tuple[Spec, str]:
+    """A spec of a random category and a training phrasing of it by `write`, as `read` reads it, that is no
+    ShapesEval prompt."""
     for _ in range(SAMPLE_ATTEMPTS):
         spec = sample_spec(rng, _pick(rng, CATEGORIES))
-        text = phrase(spec, rng)
+        text = read(write(spec, rng))
         if not is_held_out(text):
             return spec, text
     raise DataError("no training prompt found outside the ShapesEval prompts")
 
 
-def _text_to_image_record(rng: np.random.Generator) -> TrainingRecord:
-    spec, text = _training_prompt(rng)
+def _text_to_image_record(rng: np.random.Generator, write=phrase, read=_as_written) -> TrainingRecord:
+    spec, text = _training_prompt(rng, write, read)
     width, height = CANVAS_SIZES[int(rng.integers(len(CANVAS_SIZES)))]
     image = render(scene_from_spec(rng, spec, width, height))
     return TrainingRecord("text_to_image", (text_to_image_prompt(text, width, height), IMAGE_PLACEHOLDER), (image,))
@@ -317,8 +337,8 @@ def _text_to_image_item(rng: np.random.Generator, position: int) -> EvalItem:
     return EvalItem("text_to_image", position, text, width, height, variant=style, spec=spec)
 
 
-def _rewrite_record(rng: np.random.Generator) -> TrainingRecord:
-    spec, text = _training_prompt(rng)
+def _rewrite_record(rng: np.random.Generator, write=phrase, read=_as_written) -> TrainingRecord:
+    spec, text = _training_prompt(rng, write, read)
     return TrainingRecord("rewrite", (REWRITE_INSTRUCTION.format(request=text), canonical_caption(spec)))
 
 

@@ -32,6 +32,7 @@ package's English frequencies (Robyn Speer, data CC BY-SA 4.0; see docs/THIRD_PA
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -104,6 +105,10 @@ class KnownWords:
 
     def save(self, folder: str | os.PathLike) -> Path:
         return write_prompt_words(folder, self.known)
+
+    def fingerprint(self) -> str:
+        """The sha256 of the known words: which reading a data set's prompts went through."""
+        return hashlib.sha256("\n".join(sorted(self.known)).encode()).hexdigest()
 
     def knows(self, word: str) -> bool:
         """Whether `word` (lower case) is a known word, or the plural or possessive of one."""
