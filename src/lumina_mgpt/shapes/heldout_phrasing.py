@@ -5,7 +5,8 @@ Import this module only from evaluation code and tests: training data must not d
 style uses a word or template no training style uses ("could you render ... for me", "objects: ...;
 layout: ...", "there should be", British spellings "colour" and "disc", clauses "which has ... to its
 left", a verbose scene description, "i'd like to see", keyboard-slip typos, canonical captions shouted
-with "!!"); tests/test_shapes_phrasing.py checks that no held-out string is ever a training one.
+with "!!", one object a line after "- ", "would you be able to produce", "can i get"); tests/test_shapes_phrasing.py
+checks that no held-out string is ever a training one.
 """
 
 from __future__ import annotations
@@ -123,6 +124,28 @@ def shouted(spec: Spec, rng: np.random.Generator) -> str:
     return canonical_caption(spec).upper() + "!!"
 
 
+# The three styles below were added on 2026-12-01, after the requests stage's training styles (lists and
+# requests in context) were written and before any model trained on those was evaluated: they measure
+# writing that no stage has seen.
+def bulleted(spec: Spec, rng: np.random.Generator) -> str:
+    """One object a line, each after "- ", and a last line for the relation."""
+    lines = [f"- {noun_phrase(group)}" for group in spec.groups]
+    relation = spec.relation
+    if relation is not None:
+        subject = noun_phrase(spec.groups[relation.subject])
+        reference = noun_phrase(spec.groups[relation.reference])
+        lines.append(f"- {subject} {RELATION_WORDS[relation.name]} {reference}")
+    return "\n".join(lines)
+
+
+def able_to_produce(spec: Spec, rng: np.random.Generator) -> str:
+    return f"would you be able to produce {_described(spec, noun_phrase)}? much appreciated"
+
+
+def can_i_get(spec: Spec, rng: np.random.Generator) -> str:
+    return f"can i get {_described(spec, noun_phrase)}?"
+
+
 # name -> (style, whether parse_caption reads it back: only canonical captions under case and punctuation).
 HELDOUT_STYLES: dict[str, tuple[Callable[[Spec, np.random.Generator], str | None], bool]] = {
     "render_request": (render_request, False),
@@ -134,6 +157,9 @@ HELDOUT_STYLES: dict[str, tuple[Callable[[Spec, np.random.Generator], str | None
     "would_like": (would_like, False),
     "keyboard_slip": (keyboard_slip, False),
     "shouted": (shouted, True),
+    "bulleted": (bulleted, False),
+    "able_to_produce": (able_to_produce, False),
+    "can_i_get": (can_i_get, False),
 }
 
 

@@ -35,7 +35,9 @@ from lumina_mgpt.shapes.tasks import PANEL, TASK_NAMES, Canvases, EvalItem, canv
 
 REWRITE_DRAW = "text_to_image_rewrite"
 EVAL_TASKS: tuple[str, ...] = (TASK_NAMES[0], REWRITE_DRAW, *TASK_NAMES[1:])
-DEFAULT_LIMIT = 48
+# Twelve held-out phrasing styles and six categories: the text-to-image and rewrite items take the styles in
+# turn every six items, so 72 items reach each style six times (British skips specs it cannot say).
+DEFAULT_LIMIT = 72
 ITEM_SEED = 0  # which held-out items: fixed, so that sampling seeds compare like with like
 # The Pipeline task each eval task runs as.
 API_TASKS = {
