@@ -123,11 +123,11 @@ def test_a_work_folder_without_data_is_a_clear_error(tmp_path):
 def test_the_build_recipes_chain_and_read_only_the_groups_the_build_makes():
     """Each recipe of the build starts from the one before it and trains on pretokenized groups of GROUPS,
     so a fresh machine's build makes everything its stages read."""
-    from lumina_mgpt.shapes.build import DRAWN_GROUP, RECIPES, WORK
+    from lumina_mgpt.shapes.build import LATE_GROUPS, RECIPES, WORK
     from lumina_mgpt.training.recipe import Recipe
 
     recipes = [Recipe.from_file(path) for path in RECIPES]
-    made = {(WORK / f"tokens-{group}").resolve() for group in [*BUILD_GROUPS, DRAWN_GROUP]}
+    made = {(WORK / f"tokens-{group}").resolve() for group in [*BUILD_GROUPS, *LATE_GROUPS]}
     for before, recipe in zip([None, *recipes], recipes):
         if before is not None:
             assert recipe.model.path.resolve() == (before.output_dir / "final").resolve()
@@ -151,7 +151,8 @@ def test_the_build_draws_the_judge_stages_pictures_with_the_stage_before_it_then
     tmp_path, monkeypatch
 ):
     """build.main's order, every step stubbed: the drawings come from the canvases stage's final model, after
-    that stage and before the judge recipe; the judge stage's final is exported; --max-steps stops early."""
+    that stage and before the judge recipe; the requests records are written before the requests recipe; the
+    last stage's final is exported; --max-steps stops early."""
     from lumina_mgpt import model_folder
     from lumina_mgpt.shapes import build
 
@@ -171,16 +172,19 @@ def test_the_build_draws_the_judge_stages_pictures_with_the_stage_before_it_then
 
     monkeypatch.setattr(build, "train_model", train_model)
     monkeypatch.setattr(build, "draw_verify_data", lambda work, final, *rest: calls.append(("draw", final.parent.name)))
+    monkeypatch.setattr(build, "read_requests_data", lambda work, *rest: calls.append(("requests",)))
     monkeypatch.setattr(build, "export", lambda final, destination: calls.append(("export", final.parent.name)))
     monkeypatch.setattr(build, "WORK", tmp_path)
     monkeypatch.setattr(model_folder, "EMBEDDED_MODEL", tmp_path / "package")
     assert build.main([]) == 0
-    trained = [call for call in calls if call[0] in ("train", "draw", "export")]
+    trained = [call for call in calls if call[0] in ("train", "draw", "requests", "export")]
     stems = [recipe.stem for recipe in build.RECIPES]
+    assert stems[-2:] == ["shapes-multitask-judge", "shapes-multitask-requests"]
     assert trained == [
-        *[("train", stem) for stem in stems[:-1]], ("draw", stems[-2]), ("train", stems[-1]), ("export", stems[-1])
+        *[("train", stem) for stem in stems[:-2]], ("draw", stems[-3]), ("train", stems[-2]), ("requests",),
+        ("train", stems[-1]), ("export", stems[-1]),
     ]
     calls.clear()
     runs.update(folder=tmp_path / "stopped", finished=False)  # --max-steps stopped the first recipe: nothing after it
     assert build.main(["--max-steps", "5"]) == 0
-    assert [call for call in calls if call[0] in ("train", "draw", "export")] == [("train", stems[0])]
+    assert [call for call in calls if call[0] in ("train", "draw", "requests", "export")] == [("train", stems[0])]

@@ -16,7 +16,10 @@
 7. draw pictures with the canvases stage's final model and ask the analyzer the self-verifier's question
    about them (shapes/drawn_verify.py), pretokenize them, and train `recipes/shapes-multitask-judge.toml`
    on them from that model,
-8. export the last stage's final model, in bf16, into the package (src/lumina_mgpt/assets/shapes-model).
+8. write rewrite and text-to-image records of requests in every training style, lists and requests set in
+   context included, as the model reads them (tasks.read_request_record), pretokenize them, and train
+   `recipes/shapes-multitask-requests.toml` on them from the judge stage's final model,
+9. export the last stage's final model, in bf16, into the package (src/lumina_mgpt/assets/shapes-model).
 
     python -m lumina_mgpt.shapes.build            # from the repository root; see --help
 
@@ -36,12 +39,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[3]
 # The main recipe, then a short text stage on fresh records of the tasks that answer in words, then a
 # polish stage on relations and subject scenes, then a stage that reads pictures of every canvas, then a
-# judge stage on the self-verifier's question about the model's own drawings.
+# judge stage on the self-verifier's question about the model's own drawings, then a stage on requests as the
+# model reads them.
 RECIPES = tuple(
-    REPO / "recipes" / f"shapes-multitask{stage}.toml" for stage in ("", "-text", "-polish", "-canvases", "-judge")
+    REPO / "recipes" / f"shapes-multitask{stage}.toml"
+    for stage in ("", "-text", "-polish", "-canvases", "-judge", "-requests")
 )
-# Before the judge stage (the last recipe), the canvases stage's final model draws pictures that the analyzer
-# answers the self-verifier's question about (shapes/drawn_verify.py).
+JUDGE_RECIPE, REQUESTS_RECIPE = RECIPES[-2:]
+# Before the judge stage, the canvases stage's final model draws pictures that the analyzer answers the
+# self-verifier's question about (shapes/drawn_verify.py).
 DRAWN_VERIFY_COUNT = 8000
 DRAWN_GROUP = "drawn"  # data-drawn, tokens-drawn
 WORK = REPO / "runs" / "multitask"  # the recipe's paths point here
@@ -72,6 +78,14 @@ GROUPS = {
     "verify": (VERIFY_COUNTS, 64), "relations": (RELATIONS_COUNTS, 64), "subject": (SUBJECT_COUNTS, 96),
     "understand": (UNDERSTAND_COUNTS, 64),
 }  # fmt: skip
+# For the requests stage: requests jotted as lists or set in context besides the earlier styles, as the model
+# reads them (tasks.read_request_record). The judge stage's model rewrote 4 of the 6 held-out requests wrapped
+# in a long sentence into two objects ("..., with": the leftover of "with nothing else around" read as "with
+# a second object") and dropped the second item of "objects: 1 square; 1 circle". Written once the known
+# words exist.
+REQUEST_COUNTS = {"rewrite": 40000, "text_to_image": 16000}
+REQUESTS_GROUP = "requests"  # data-requests, tokens-requests
+LATE_GROUPS = (DRAWN_GROUP, REQUESTS_GROUP)  # made just before the stage that reads them, not in step 1
 # The groups whose understanding pictures are drawn on every canvas; the others show them at 64x64.
 EVERY_CANVAS_GROUPS = ("understand",)
 BPE_GROUPS = ("single", "panels")
@@ -235,7 +249,7 @@ def draw_verify_data(work: Path, model_folder: Path, seed: int, scale: float, de
     from lumina_mgpt.shapes.task_dataset import RECORDS_FILE
     from lumina_mgpt.training.recipe import Recipe
 
-    if (Recipe.from_file(RECIPES[-1]).output_dir / "final" / "config.json").is_file():
+    if (Recipe.from_file(JUDGE_RECIPE).output_dir / "final" / "config.json").is_file():
         return
     data = work / f"data-{DRAWN_GROUP}"
     if not (data / RECORDS_FILE).is_file():
@@ -244,6 +258,22 @@ def draw_verify_data(work: Path, model_folder: Path, seed: int, scale: float, de
         write_drawn_verify_dataset(data, model_folder, count, seed=seed, device=device)
         log(f"answers: {(data / 'answers.json').read_text().strip()}")
     pretokenize_group(work, DRAWN_GROUP, 64, seed)
+
+
+def read_requests_data(work: Path, seed: int, scale: float) -> None:
+    """The requests stage's records, read with the known words of the assets, pretokenized."""
+    from lumina_mgpt.shapes.task_dataset import RECORDS_FILE, write_task_dataset
+    from lumina_mgpt.text.known_words import KnownWords
+
+    data = work / f"data-{REQUESTS_GROUP}"
+    if not (data / RECORDS_FILE).is_file():
+        counts = {task: max(1, round(count * scale)) for task, count in REQUEST_COUNTS.items()}
+        log(f"writing {sum(counts.values())} requests as the model reads them into {data}")
+        known_words = KnownWords.from_folder(work / "assets")
+        if known_words is None:
+            raise SystemExit(f"{work / 'assets'} lists no known words: run the build from its first step")
+        write_task_dataset(data, counts, seed=seed + len(GROUPS), known_words=known_words)
+    pretokenize_group(work, REQUESTS_GROUP, 64, seed)
 
 
 def train_model(recipe: Path, device: str | None, max_steps: int | None) -> Path:
@@ -307,8 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     timed("pretokenize", pretokenize_data, WORK, args.seed)
     final = None
     for recipe in RECIPES:
-        if final is not None and recipe == RECIPES[-1]:  # the judge stage reads the stage before's drawings
+        if final is not None and recipe == JUDGE_RECIPE:  # the judge stage reads the stage before's drawings
             timed("draw verify data", draw_verify_data, WORK, final, args.seed, args.data_scale, args.device)
+        if recipe == REQUESTS_RECIPE:
+            timed("requests data", read_requests_data, WORK, args.seed, args.data_scale)
         final = timed(f"train {recipe.stem}", train_model, recipe, args.device, args.max_steps)
         if not (final / "config.json").is_file():
             break  # stopped by --max-steps: the next recipe starts from this one's final model

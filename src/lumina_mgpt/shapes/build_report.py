@@ -167,7 +167,7 @@ def format_report(work: Path, groups: Sequence[str], runs: Sequence[str], models
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lumina_mgpt.shapes.build import DRAWN_GROUP, GROUPS, RECIPES, WORK
+    from lumina_mgpt.shapes.build import GROUPS, LATE_GROUPS, RECIPES, WORK
     from lumina_mgpt.training.recipe import Recipe
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runs = [Recipe.from_file(recipe).output_dir.name for recipe in RECIPES]
         groups = list(GROUPS)
-        if (args.work / f"tokens-{DRAWN_GROUP}" / "manifest.json").is_file():  # drawn late in a build
-            groups.append(DRAWN_GROUP)
+        groups += [group for group in LATE_GROUPS if (args.work / f"tokens-{group}" / "manifest.json").is_file()]
         print(format_report(args.work, groups, runs, args.model, args.rows))
     except DataError as error:
         parser.exit(2, f"error: {error}\n")
