@@ -132,12 +132,17 @@ def _count_word(rng: np.random.Generator, group: ObjectGroup) -> str:
     return f"exactly {number}" if group.exact and rng.random() < 0.2 else number
 
 
+def _noun(rng: np.random.Generator, group: ObjectGroup) -> str:
+    """The group's shape named by its own noun mostly, else a synonym, agreeing with its count."""
+    nouns = SHAPE_NOUNS[group.shape]
+    singular, plural = nouns[0] if rng.random() < OWN_NOUN_SHARE else nouns[int(rng.integers(1, len(nouns)))]
+    return singular if group.count == 1 else plural
+
+
 def varied_noun_phrase(rng: np.random.Generator, group: ObjectGroup, definite: bool = False) -> str:
     """One way to name `group`: a count word, the noun (a synonym at times), the color before or after it.
     `definite` names it with "the" ("the red circle", "the three squares")."""
-    nouns = SHAPE_NOUNS[group.shape]
-    singular, plural = nouns[0] if rng.random() < OWN_NOUN_SHARE else nouns[int(rng.integers(1, len(nouns)))]
-    noun = singular if group.count == 1 else plural
+    noun = _noun(rng, group)
     count = _count_word(rng, group)
     if definite:
         count = "the" if group.count == 1 else f"the {NUMBER_WORDS[group.count]}"
@@ -307,9 +312,7 @@ CONTEXT_CLOSERS = (
 
 
 def _list_item(rng: np.random.Generator, group: ObjectGroup) -> str:
-    nouns = SHAPE_NOUNS[group.shape]
-    singular, plural = nouns[0] if rng.random() < OWN_NOUN_SHARE else nouns[int(rng.integers(1, len(nouns)))]
-    noun = singular if group.count == 1 else plural
+    noun = _noun(rng, group)
     name = noun if group.color is None else _pick(rng, (f"{group.color} {noun}",) * 3 + (f"{noun} in {group.color}",))
     if group.count == 1 and rng.random() < 0.4:
         return f"{_article(name)} {name}"
