@@ -147,12 +147,13 @@ def test_groups_drawn_on_every_canvas_hold_only_tasks_that_read_pictures():
         assert set(counts) <= set(READING_TASKS) and target_size == 64  # 80x48 and 48x80 are buckets of 64
 
 
-def test_the_build_draws_the_judge_stages_pictures_with_the_stage_before_it_then_trains_and_exports(
+def test_the_build_draws_each_judging_stages_pictures_with_the_stage_before_it_then_trains_and_exports(
     tmp_path, monkeypatch
 ):
-    """build.main's order, every step stubbed: the drawings come from the canvases stage's final model, after
-    that stage and before the judge recipe; the requests records are written before the requests recipe; the
-    last stage's final is exported; --max-steps stops early."""
+    """build.main's order, every step stubbed: the judge stage's drawings come from the canvases stage's final
+    model, after that stage and before the judge recipe; the requests records are written before the requests
+    recipe; the rejudge stage's drawings come from the requests stage's final; the last stage's final is
+    exported; --max-steps stops early."""
     from lumina_mgpt import model_folder
     from lumina_mgpt.shapes import build
 
@@ -171,7 +172,9 @@ def test_the_build_draws_the_judge_stages_pictures_with_the_stage_before_it_then
         return final
 
     monkeypatch.setattr(build, "train_model", train_model)
-    monkeypatch.setattr(build, "draw_verify_data", lambda work, final, *rest: calls.append(("draw", final.parent.name)))
+    monkeypatch.setattr(
+        build, "draw_verify_data", lambda work, recipe, final, *rest: calls.append(("draw", final.parent.name))
+    )
     monkeypatch.setattr(build, "read_requests_data", lambda work, *rest: calls.append(("requests",)))
     monkeypatch.setattr(build, "export", lambda final, destination: calls.append(("export", final.parent.name)))
     monkeypatch.setattr(build, "WORK", tmp_path)
@@ -179,10 +182,10 @@ def test_the_build_draws_the_judge_stages_pictures_with_the_stage_before_it_then
     assert build.main([]) == 0
     trained = [call for call in calls if call[0] in ("train", "draw", "requests", "export")]
     stems = [recipe.stem for recipe in build.RECIPES]
-    assert stems[-2:] == ["shapes-multitask-judge", "shapes-multitask-requests"]
+    assert stems[-3:] == ["shapes-multitask-judge", "shapes-multitask-requests", "shapes-multitask-rejudge"]
     assert trained == [
-        *[("train", stem) for stem in stems[:-2]], ("draw", stems[-3]), ("train", stems[-2]), ("requests",),
-        ("train", stems[-1]), ("export", stems[-1]),
+        *[("train", stem) for stem in stems[:-3]], ("draw", stems[-4]), ("train", stems[-3]), ("requests",),
+        ("train", stems[-2]), ("draw", stems[-2]), ("train", stems[-1]), ("export", stems[-1]),
     ]
     calls.clear()
     runs.update(folder=tmp_path / "stopped", finished=False)  # --max-steps stopped the first recipe: nothing after it

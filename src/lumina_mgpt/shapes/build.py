@@ -19,7 +19,9 @@
 8. write rewrite and text-to-image records of requests in every training style, lists and requests set in
    context included, as the model reads them (tasks.read_request_record), pretokenize them, and train
    `recipes/shapes-multitask-requests.toml` on them from the judge stage's final model,
-9. export the last stage's final model, in bf16, into the package (src/lumina_mgpt/assets/shapes-model).
+9. draw pictures with the requests stage's final model as in step 7 (another seed) and train
+   `recipes/shapes-multitask-rejudge.toml` on them from that model,
+10. export the last stage's final model, in bf16, into the package (src/lumina_mgpt/assets/shapes-model).
 
     python -m lumina_mgpt.shapes.build            # from the repository root; see --help
 
@@ -40,16 +42,17 @@ REPO = Path(__file__).resolve().parents[3]
 # The main recipe, then a short text stage on fresh records of the tasks that answer in words, then a
 # polish stage on relations and subject scenes, then a stage that reads pictures of every canvas, then a
 # judge stage on the self-verifier's question about the model's own drawings, then a stage on requests as the
-# model reads them.
+# model reads them, then the judge's question again, about the requests model's drawings.
 RECIPES = tuple(
     REPO / "recipes" / f"shapes-multitask{stage}.toml"
-    for stage in ("", "-text", "-polish", "-canvases", "-judge", "-requests")
+    for stage in ("", "-text", "-polish", "-canvases", "-judge", "-requests", "-rejudge")
 )
-JUDGE_RECIPE, REQUESTS_RECIPE = RECIPES[-2:]
-# Before the judge stage, the canvases stage's final model draws pictures that the analyzer answers the
-# self-verifier's question about (shapes/drawn_verify.py).
+JUDGE_RECIPE, REQUESTS_RECIPE, REJUDGE_RECIPE = RECIPES[-3:]
+# Before each judging stage, the stage before's final model draws pictures that the analyzer answers the
+# self-verifier's question about (shapes/drawn_verify.py): recipe -> (group, offset of the drawings' seed).
 DRAWN_VERIFY_COUNT = 8000
-DRAWN_GROUP = "drawn"  # data-drawn, tokens-drawn
+DRAWN_GROUP, REDRAWN_GROUP = "drawn", "redrawn"  # data-drawn, tokens-drawn, ...
+DRAWN_GROUPS = {JUDGE_RECIPE: (DRAWN_GROUP, 0), REJUDGE_RECIPE: (REDRAWN_GROUP, 1)}
 WORK = REPO / "runs" / "multitask"  # the recipe's paths point here
 # Records per task. Canvas tasks pretokenize at 64 (64x64, 80x48, 48x80 are its buckets), dual panels
 # at 96 (64x128 is a bucket of 96, not of 64).
@@ -85,7 +88,7 @@ GROUPS = {
 # words exist.
 REQUEST_COUNTS = {"rewrite": 40000, "text_to_image": 16000}
 REQUESTS_GROUP = "requests"  # data-requests, tokens-requests
-LATE_GROUPS = (DRAWN_GROUP, REQUESTS_GROUP)  # made just before the stage that reads them, not in step 1
+LATE_GROUPS = (DRAWN_GROUP, REQUESTS_GROUP, REDRAWN_GROUP)  # made just before the stage that reads them, not in step 1
 # The groups whose understanding pictures are drawn on every canvas; the others show them at 64x64.
 EVERY_CANVAS_GROUPS = ("understand",)
 BPE_GROUPS = ("single", "panels")
@@ -242,22 +245,25 @@ def pretokenize_group(work: Path, name: str, target_size: int, seed: int) -> Non
         raise SystemExit(code)
 
 
-def draw_verify_data(work: Path, model_folder: Path, seed: int, scale: float, device: str | None) -> None:
-    """The judge stage's records: drawings by `model_folder`, asked about and answered by the analyzer (not
-    made again once the judge stage has finished)."""
+def draw_verify_data(
+    work: Path, recipe: Path, model_folder: Path, seed: int, scale: float, device: str | None
+) -> None:
+    """The records of a judging stage (`recipe`, a key of DRAWN_GROUPS): drawings by `model_folder`, asked
+    about and answered by the analyzer (not made again once that stage has finished)."""
     from lumina_mgpt.shapes.drawn_verify import write_drawn_verify_dataset
     from lumina_mgpt.shapes.task_dataset import RECORDS_FILE
     from lumina_mgpt.training.recipe import Recipe
 
-    if (Recipe.from_file(JUDGE_RECIPE).output_dir / "final" / "config.json").is_file():
+    if (Recipe.from_file(recipe).output_dir / "final" / "config.json").is_file():
         return
-    data = work / f"data-{DRAWN_GROUP}"
+    group, seed_offset = DRAWN_GROUPS[recipe]
+    data = work / f"data-{group}"
     if not (data / RECORDS_FILE).is_file():
         count = max(1, round(DRAWN_VERIFY_COUNT * scale))
         log(f"drawing {count} pictures with {model_folder} for the self-verifier's question")
-        write_drawn_verify_dataset(data, model_folder, count, seed=seed, device=device)
+        write_drawn_verify_dataset(data, model_folder, count, seed=seed + seed_offset, device=device)
         log(f"answers: {(data / 'answers.json').read_text().strip()}")
-    pretokenize_group(work, DRAWN_GROUP, 64, seed)
+    pretokenize_group(work, group, 64, seed)
 
 
 def read_requests_data(work: Path, seed: int, scale: float) -> None:
@@ -337,8 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     timed("pretokenize", pretokenize_data, WORK, args.seed)
     final = None
     for recipe in RECIPES:
-        if final is not None and recipe == JUDGE_RECIPE:  # the judge stage reads the stage before's drawings
-            timed("draw verify data", draw_verify_data, WORK, final, args.seed, args.data_scale, args.device)
+        if final is not None and recipe in DRAWN_GROUPS:  # a judging stage reads the stage before's drawings
+            timed(f"{DRAWN_GROUPS[recipe][0]} data", draw_verify_data, WORK, recipe, final, args.seed,
+                  args.data_scale, args.device)  # fmt: skip
         if recipe == REQUESTS_RECIPE:
             timed("requests data", read_requests_data, WORK, args.seed, args.data_scale)
         final = timed(f"train {recipe.stem}", train_model, recipe, args.device, args.max_steps)
