@@ -4,7 +4,7 @@
     python benchmarks/bench_best_of.py                              # embedded model, a cheap stand-in verifier
     python benchmarks/bench_best_of.py --model PATH --verifier self # a model trained for vqa: its own judgement
     python benchmarks/bench_best_of.py --device cuda --prompts 8
-    python benchmarks/bench_best_of.py --model PATH --verifier self --roc-auc 8 --prompts 96   # verifier quality
+    python benchmarks/bench_best_of.py --model PATH --verifier self --roc-auc 8 --prompts 553  # verifier quality
 
 The stand-in verifier (`colorfulness`: mean saturation, a few microseconds per image) isolates the cost of
 drawing the candidates; `--verifier self` adds the model's one batched yes/no prefill per prompt. The modes
@@ -26,10 +26,11 @@ import time
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from lumina_mgpt.generation.best_of import candidate_seeds, choose
 from lumina_mgpt.generation.pipeline import Pipeline
-from lumina_mgpt.generation.verifiers import load_verifiers, ranks
+from lumina_mgpt.generation.verifiers import load_verifiers
 from lumina_mgpt.shapes.analyze import score
 from lumina_mgpt.shapes.evaluate import limit_prompts
 from lumina_mgpt.shapes.prompts import load_eval_prompts
@@ -66,31 +67,55 @@ def seconds_per_prompt(pipe, prompts, best_of, verifier, args, run) -> float:
     return (time.perf_counter() - begin) / len(prompts)
 
 
-def roc_auc(scores: list[float], labels: list[bool]) -> float:
+def roc_auc(scores, labels) -> float:
     """The probability that a positive outscores a negative (ties count half): Mann-Whitney U / (P * N)."""
-    ascending = [len(scores) + 1 - rank for rank in ranks(scores)]  # 1 for the lowest; ties share their mean
-    positives = sum(labels)
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ascending = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # 1 for the lowest; ties share their mean
+    positives = int(labels.sum())
     negatives = len(labels) - positives
-    rank_sum = sum(rank for rank, label in zip(ascending, labels) if label)
-    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+    return float((ascending[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def roc_auc_interval(scores, labels, prompt_of, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A 95% bootstrap interval of the ROC AUC that resamples whole prompts (the drawings of one prompt are
+    not independent of each other); resamples without both kinds of label are skipped."""
+    scores, labels, prompt_of = np.asarray(scores), np.asarray(labels, dtype=bool), np.asarray(prompt_of)
+    members = [np.flatnonzero(prompt_of == prompt) for prompt in np.unique(prompt_of)]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        chosen = np.concatenate([members[k] for k in rng.integers(len(members), size=len(members))])
+        if 0 < labels[chosen].sum() < len(chosen):
+            values.append(roc_auc(scores[chosen], labels[chosen]))
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def measure_verifier(pipe, prompts, samples: int, verifier) -> None:
     """Score `samples` images of each ShapesEval prompt with the verifier, label them with the analyzer, print
-    the ROC AUC."""
-    scores, labels = [], []
-    for seed, prompt in enumerate(prompts):
+    the ROC AUC, its bootstrap interval and the AUC of each category."""
+    scores, labels, prompt_of = [], [], []
+    for seed, prompt in enumerate(tqdm(prompts, desc="drawing and judging", unit="prompt")):
         images = pipe.generate(prompt.caption, width=prompt.width, height=prompt.height, num_images=samples,
                                seed=seed * samples, verifier=verifier, progress=False)  # fmt: skip
         for image in images:
             (value,) = json.loads(image.info["parameters"])["best_of"]["candidates"][0]["scores"].values()
             scores.append(value)
             labels.append(bool(score(image, prompt.spec)))
+            prompt_of.append(seed)
     positives = sum(labels)
     if positives in (0, len(labels)):
         print(f"{len(labels)} images, all {'correct' if positives else 'wrong'}: the ROC AUC is undefined")
         return
-    print(f"{len(labels)} images ({positives} correct by the analyzer): verifier ROC AUC {roc_auc(scores, labels):.3f}")
+    low, high = roc_auc_interval(scores, labels, prompt_of)
+    print(f"{len(labels)} images ({positives} correct by the analyzer): verifier ROC AUC "
+          f"{roc_auc(scores, labels):.3f} (95% interval over prompts {low:.3f}-{high:.3f})")  # fmt: skip
+    for category in dict.fromkeys(prompt.category for prompt in prompts):
+        chosen = [k for k, seed in enumerate(prompt_of) if prompts[seed].category == category]
+        wrong = sum(not labels[k] for k in chosen)
+        auc = roc_auc([scores[k] for k in chosen], [labels[k] for k in chosen]) if 0 < wrong < len(chosen) else None
+        print(f"  {category}: {len(chosen)} images, {wrong} wrong, ROC AUC {'-' if auc is None else f'{auc:.3f}'}")
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ bench() {  # bench REPORT ARGS...: one bench_best_of.py run unless its report ex
     mv "$report.tmp" "$report"
 }
 
-bench "$OUT/roc-auc.txt" --verifier self --roc-auc 8 --prompts 96
+bench "$OUT/roc-auc.txt" --verifier self --roc-auc 8 --prompts 553
 bench "$OUT/best-of-cost.txt" --verifier self
 cat "$OUT/roc-auc.txt" "$OUT/best-of-cost.txt"
 
@@ -61,6 +61,6 @@ done
     --shapes-best-of "$OUT"/shapes-best8-caption-0.json "$OUT"/shapes-best8-caption-1000.json \
     --styles-think-best-of "$OUT"/styles-think-best8-caption-0.json "$OUT"/styles-think-best8-caption-1000.json \
     | tee "$OUT/table-issue18-self-caption.md"
-bench "$OUT/roc-auc-self-caption.txt" --verifier self-caption --roc-auc 8 --prompts 96
+bench "$OUT/roc-auc-self-caption.txt" --verifier self-caption --roc-auc 8 --prompts 553
 bench "$OUT/best-of-cost-self-caption.txt" --verifier self-caption
 cat "$OUT/roc-auc-self-caption.txt" "$OUT/best-of-cost-self-caption.txt"

@@ -377,3 +377,34 @@ def test_the_server_answers_best_of_with_the_pipelines_choice_and_its_record(pip
             assert refused.status_code == 400 and message in refused.json()["error"]["message"]
     finally:
         server.stop()
+
+
+def _bench_best_of():
+    """benchmarks/bench_best_of.py, which reports the verifier's ROC AUC (a script, not a package module)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_best_of.py"
+    spec = importlib.util.spec_from_file_location("bench_best_of", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmarks_roc_auc_counts_pairs_and_its_interval_resamples_prompts():
+    bench = _bench_best_of()
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 12, size=300) / 11  # many ties
+    labels = rng.random(300) < 0.5 + 0.4 * (scores - 0.5)
+    positives, negatives = scores[labels], scores[~labels]
+    pairs = (positives[:, None] > negatives[None, :]) + 0.5 * (positives[:, None] == negatives[None, :])
+    auc = bench.roc_auc(scores.tolist(), labels.tolist())
+    assert auc == pytest.approx(pairs.mean(), abs=1e-12)
+    assert bench.roc_auc([0.1, 0.9, 0.2], [False, True, False]) == 1.0
+    assert bench.roc_auc([0.9, 0.1], [False, True]) == 0.0
+    prompt_of = np.repeat(np.arange(30), 10)
+    low, high = bench.roc_auc_interval(scores, labels, prompt_of, resamples=400)
+    assert 0 <= low < auc < high <= 1 and high - low < 0.3
+    # Copies of the same drawings do not narrow an interval that resamples whole prompts.
+    copied = bench.roc_auc_interval(np.tile(scores, 4), np.tile(labels, 4), np.tile(prompt_of, 4), resamples=400)
+    assert copied == pytest.approx((low, high), abs=0.02)
