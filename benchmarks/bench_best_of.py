@@ -92,18 +92,19 @@ def roc_auc_interval(scores, labels, prompt_of, resamples: int = 2000, seed: int
     return float(low), float(high)
 
 
-def measure_verifier(pipe, prompts, samples: int, verifier) -> None:
-    """Score `samples` images of each ShapesEval prompt with the verifier, label them with the analyzer, print
-    the ROC AUC, its bootstrap interval and the AUC of each category."""
+def measure_verifier(pipe, prompts, samples: int, verifier, first_seed: int = 0) -> None:
+    """Score `samples` images of each ShapesEval prompt with the verifier (image j of prompt k drawn with seed
+    first_seed + k * samples + j), label them with the analyzer, print the ROC AUC, its bootstrap interval and
+    the AUC of each category."""
     scores, labels, prompt_of = [], [], []
-    for seed, prompt in enumerate(tqdm(prompts, desc="drawing and judging", unit="prompt")):
+    for index, prompt in enumerate(tqdm(prompts, desc="drawing and judging", unit="prompt")):
         images = pipe.generate(prompt.caption, width=prompt.width, height=prompt.height, num_images=samples,
-                               seed=seed * samples, verifier=verifier, progress=False)  # fmt: skip
+                               seed=first_seed + index * samples, verifier=verifier, progress=False)  # fmt: skip
         for image in images:
             (value,) = json.loads(image.info["parameters"])["best_of"]["candidates"][0]["scores"].values()
             scores.append(value)
             labels.append(bool(score(image, prompt.spec)))
-            prompt_of.append(seed)
+            prompt_of.append(index)
     positives = sum(labels)
     if positives in (0, len(labels)):
         print(f"{len(labels)} images, all {'correct' if positives else 'wrong'}: the ROC AUC is undefined")
@@ -112,7 +113,7 @@ def measure_verifier(pipe, prompts, samples: int, verifier) -> None:
     print(f"{len(labels)} images ({positives} correct by the analyzer): verifier ROC AUC "
           f"{roc_auc(scores, labels):.3f} (95% interval over prompts {low:.3f}-{high:.3f})")  # fmt: skip
     for category in dict.fromkeys(prompt.category for prompt in prompts):
-        chosen = [k for k, seed in enumerate(prompt_of) if prompts[seed].category == category]
+        chosen = [k for k, index in enumerate(prompt_of) if prompts[index].category == category]
         wrong = sum(not labels[k] for k in chosen)
         auc = roc_auc([scores[k] for k in chosen], [labels[k] for k in chosen]) if 0 < wrong < len(chosen) else None
         print(f"  {category}: {len(chosen)} images, {wrong} wrong, ROC AUC {'-' if auc is None else f'{auc:.3f}'}")
@@ -135,6 +136,9 @@ def main() -> None:
         metavar="K",
         help="measure the verifier instead: K scored samples per prompt (default: off)",
     )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="with --roc-auc: the first image's seed; image i uses seed + i (default: 0)"
+    )
     args = parser.parse_args()
 
     torch.set_grad_enabled(False)
@@ -151,7 +155,7 @@ def main() -> None:
     )
     print("command: python " + " ".join(sys.argv))
     if args.roc_auc is not None:
-        measure_verifier(pipe, evaluated, args.roc_auc, verifier)
+        measure_verifier(pipe, evaluated, args.roc_auc, verifier, args.seed)
         return
     for best_of in args.n:  # warm-up: every batch shape once
         batched(pipe, prompts[0], 0, best_of, verifier, args)

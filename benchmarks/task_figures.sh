@@ -46,9 +46,11 @@ bench() {  # bench REPORT ARGS...: one bench_best_of.py run unless its report ex
     mv "$report.tmp" "$report"
 }
 
-bench "$OUT/roc-auc.txt" --verifier self --roc-auc 8 --prompts 553
+for seed in 0 1000; do
+    bench "$OUT/roc-auc-$seed.txt" --verifier self --roc-auc 8 --prompts 553 --seed "$seed"
+done
 bench "$OUT/best-of-cost.txt" --verifier self
-cat "$OUT/roc-auc.txt" "$OUT/best-of-cost.txt"
+cat "$OUT"/roc-auc-0.txt "$OUT"/roc-auc-1000.txt "$OUT/best-of-cost.txt"
 
 # The same choices with the self-caption verifier (shapes-world models: each candidate's caption checked
 # against the model's rewrite of the prompt, VQAScore breaking ties).
@@ -61,6 +63,8 @@ done
     --shapes-best-of "$OUT"/shapes-best8-caption-0.json "$OUT"/shapes-best8-caption-1000.json \
     --styles-think-best-of "$OUT"/styles-think-best8-caption-0.json "$OUT"/styles-think-best8-caption-1000.json \
     | tee "$OUT/table-issue18-self-caption.md"
-bench "$OUT/roc-auc-self-caption.txt" --verifier self-caption --roc-auc 8 --prompts 553
+for seed in 0 1000; do
+    bench "$OUT/roc-auc-self-caption-$seed.txt" --verifier self-caption --roc-auc 8 --prompts 553 --seed "$seed"
+done
 bench "$OUT/best-of-cost-self-caption.txt" --verifier self-caption
-cat "$OUT/roc-auc-self-caption.txt" "$OUT/best-of-cost-self-caption.txt"
+cat "$OUT"/roc-auc-self-caption-0.txt "$OUT"/roc-auc-self-caption-1000.txt "$OUT/best-of-cost-self-caption.txt"
