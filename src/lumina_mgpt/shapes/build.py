@@ -88,7 +88,8 @@ GROUPS = {
 # words exist.
 REQUEST_COUNTS = {"rewrite": 40000, "text_to_image": 16000}
 REQUESTS_GROUP = "requests"  # data-requests, tokens-requests
-LATE_GROUPS = (DRAWN_GROUP, REQUESTS_GROUP, REDRAWN_GROUP)  # made just before the stage that reads them, not in step 1
+# Made just before the stage that reads them, not in step 1; in build order (build_report lists them so).
+LATE_GROUPS = (DRAWN_GROUP, REQUESTS_GROUP, REDRAWN_GROUP)
 # The groups whose understanding pictures are drawn on every canvas; the others show them at 64x64.
 EVERY_CANVAS_GROUPS = ("understand",)
 BPE_GROUPS = ("single", "panels")
