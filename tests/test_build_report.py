@@ -152,8 +152,8 @@ def test_the_build_draws_each_judging_stages_pictures_with_the_stage_before_it_t
 ):
     """build.main's order, every step stubbed: the judge stage's drawings come from the canvases stage's final
     model, after that stage and before the judge recipe; the requests records are written before the requests
-    recipe; the rejudge stage's drawings come from the requests stage's final; the last stage's final is
-    exported; --max-steps stops early."""
+    recipe; the rejudge stage's drawings come from the requests stage's final and the second rejudge stage's
+    from the rejudge stage's; the last stage's final is exported; --max-steps stops early."""
     from lumina_mgpt import model_folder
     from lumina_mgpt.shapes import build
 
@@ -182,10 +182,14 @@ def test_the_build_draws_each_judging_stages_pictures_with_the_stage_before_it_t
     assert build.main([]) == 0
     trained = [call for call in calls if call[0] in ("train", "draw", "requests", "export")]
     stems = [recipe.stem for recipe in build.RECIPES]
-    assert stems[-3:] == ["shapes-multitask-judge", "shapes-multitask-requests", "shapes-multitask-rejudge"]
+    assert stems[-4:] == [
+        "shapes-multitask-judge", "shapes-multitask-requests", "shapes-multitask-rejudge",
+        "shapes-multitask-rejudge-again",
+    ]  # fmt: skip
     assert trained == [
-        *[("train", stem) for stem in stems[:-3]], ("draw", stems[-4]), ("train", stems[-3]), ("requests",),
-        ("train", stems[-2]), ("draw", stems[-2]), ("train", stems[-1]), ("export", stems[-1]),
+        *[("train", stem) for stem in stems[:-4]], ("draw", stems[-5]), ("train", stems[-4]), ("requests",),
+        ("train", stems[-3]), ("draw", stems[-3]), ("train", stems[-2]), ("draw", stems[-2]), ("train", stems[-1]),
+        ("export", stems[-1]),
     ]
     calls.clear()
     runs.update(folder=tmp_path / "stopped", finished=False)  # --max-steps stopped the first recipe: nothing after it

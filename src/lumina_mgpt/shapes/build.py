@@ -21,7 +21,9 @@
    `recipes/shapes-multitask-requests.toml` on them from the judge stage's final model,
 9. draw pictures with the requests stage's final model as in step 7 (another seed) and train
    `recipes/shapes-multitask-rejudge.toml` on them from that model,
-10. export the last stage's final model, in bf16, into the package (src/lumina_mgpt/assets/shapes-model).
+10. once more: draw with the rejudge stage's final model (a third seed) and train
+   `recipes/shapes-multitask-rejudge-again.toml` on those drawings from that model,
+11. export the last stage's final model, in bf16, into the package (src/lumina_mgpt/assets/shapes-model).
 
     python -m lumina_mgpt.shapes.build            # from the repository root; see --help
 
@@ -42,17 +44,20 @@ REPO = Path(__file__).resolve().parents[3]
 # The main recipe, then a short text stage on fresh records of the tasks that answer in words, then a
 # polish stage on relations and subject scenes, then a stage that reads pictures of every canvas, then a
 # judge stage on the self-verifier's question about the model's own drawings, then a stage on requests as the
-# model reads them, then the judge's question again, about the requests model's drawings.
+# model reads them, then the judge's question again, about the requests model's drawings, and once more about
+# the rejudged model's.
 RECIPES = tuple(
     REPO / "recipes" / f"shapes-multitask{stage}.toml"
-    for stage in ("", "-text", "-polish", "-canvases", "-judge", "-requests", "-rejudge")
+    for stage in ("", "-text", "-polish", "-canvases", "-judge", "-requests", "-rejudge", "-rejudge-again")
 )
-JUDGE_RECIPE, REQUESTS_RECIPE, REJUDGE_RECIPE = RECIPES[-3:]
+JUDGE_RECIPE, REQUESTS_RECIPE, REJUDGE_RECIPE, REJUDGE_AGAIN_RECIPE = RECIPES[-4:]
 # Before each judging stage, the stage before's final model draws pictures that the analyzer answers the
 # self-verifier's question about (shapes/drawn_verify.py): recipe -> (group, offset of the drawings' seed).
 DRAWN_VERIFY_COUNT = 8000
-DRAWN_GROUP, REDRAWN_GROUP = "drawn", "redrawn"  # data-drawn, tokens-drawn, ...
-DRAWN_GROUPS = {JUDGE_RECIPE: (DRAWN_GROUP, 0), REJUDGE_RECIPE: (REDRAWN_GROUP, 1)}
+DRAWN_GROUP, REDRAWN_GROUP, REDRAWN_AGAIN_GROUP = "drawn", "redrawn", "redrawn-again"  # data-drawn, tokens-drawn, ...
+DRAWN_GROUPS = {
+    JUDGE_RECIPE: (DRAWN_GROUP, 0), REJUDGE_RECIPE: (REDRAWN_GROUP, 1), REJUDGE_AGAIN_RECIPE: (REDRAWN_AGAIN_GROUP, 2)
+}  # fmt: skip
 WORK = REPO / "runs" / "multitask"  # the recipe's paths point here
 # Records per task. Canvas tasks pretokenize at 64 (64x64, 80x48, 48x80 are its buckets), dual panels
 # at 96 (64x128 is a bucket of 96, not of 64).
@@ -89,7 +94,7 @@ GROUPS = {
 REQUEST_COUNTS = {"rewrite": 40000, "text_to_image": 16000}
 REQUESTS_GROUP = "requests"  # data-requests, tokens-requests
 # Made just before the stage that reads them, not in step 1; in build order (build_report lists them so).
-LATE_GROUPS = (DRAWN_GROUP, REQUESTS_GROUP, REDRAWN_GROUP)
+LATE_GROUPS = (DRAWN_GROUP, REQUESTS_GROUP, REDRAWN_GROUP, REDRAWN_AGAIN_GROUP)
 # The groups whose understanding pictures are drawn on every canvas; the others show them at 64x64.
 EVERY_CANVAS_GROUPS = ("understand",)
 BPE_GROUPS = ("single", "panels")
