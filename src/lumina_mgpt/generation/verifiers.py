@@ -303,8 +303,9 @@ class SelfCaptionVerifier:
     else from the model's own rewrite of it (greedy); when neither parses, VQAScore alone scores.
 
     On 8 drawings of each of the 553 ShapesEval prompts by the embedded model, labelled by the ShapesEval
-    analyzer (which no verifier sees), this ranks with ROC AUC 0.971 / 0.964 (two seeds) against 0.951 /
-    0.946 for VQAScore alone (benchmarks/RESULTS.md), most of the gain on two objects and relations. It also
+    analyzer (which no verifier sees), this ranks with ROC AUC 0.970 / 0.970 (two seeds) against 0.968 /
+    0.963 for VQAScore alone (benchmarks/RESULTS.md; before the rejudge-again stage taught VQAScore two
+    objects, 0.971 / 0.964 against 0.951 / 0.946), its gain on two objects and relations. It also
     rejects right drawings whose caption misreads them or that the task world has no caption for (three
     circles of three colors: a caption names one color per group)."""
 
